@@ -1,0 +1,199 @@
+"""The one place that turns config sections into objects (model, cache, data, optimizer, trackers).
+
+The building blocks (audio, tokens, data, collate, loss, model) take plain arguments; only this
+module reads config objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from musicgen_lora import model as model_lib
+from musicgen_lora.collate import MusicgenCollator, codebook_delays
+from musicgen_lora.config import ModelConfig, OptimConfig, RunConfig
+from musicgen_lora.data import Clip, EvalWindows, TrainWindows, check_batch, check_windows, split_clips
+from musicgen_lora.demo import write_demo_loops
+from musicgen_lora.model import AudioFormat
+from musicgen_lora.tokens import codec_encoder, load_codes, load_manifest, prepare_cache
+from musicgen_lora.tracking import CompositeTracker, JsonlTracker, NullTracker
+
+log = logging.getLogger(__name__)
+
+CACHE_ROOT = Path(".cache") / "musicgen-lora"
+
+
+def bf16_supported() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def mixed_precision(setting: str) -> str:
+    """auto -> bf16 on GPUs that support it, fp16 (with a grad scaler) on older GPUs, no on CPU."""
+    if setting != "auto":
+        return setting
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if bf16_supported() else "fp16"
+
+
+def base_dtype(setting: str) -> torch.dtype:
+    if setting == "auto":
+        return torch.bfloat16 if bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
+
+
+def base_model(cfg: ModelConfig, device: torch.device):
+    model, tokenizer = model_lib.load_musicgen(
+        cfg.name, revision=cfg.revision, dtype=base_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation
+    )
+    return model.to(device), tokenizer
+
+
+audio_format = model_lib.audio_format
+
+
+def default_cache_dir(data_path: Path | None, codec_id: str) -> Path:
+    if data_path is None:
+        return CACHE_ROOT / "tokens" / f"demo-{codec_id}"
+    resolved = str(Path(data_path).expanduser().resolve())
+    folder_hash = hashlib.sha256(resolved.encode()).hexdigest()[:8]
+    return CACHE_ROOT / "tokens" / f"{Path(resolved).name}-{folder_hash}-{codec_id}"
+
+
+def token_cache(cfg: RunConfig, model, fmt: AudioFormat, device: torch.device, log_summary: bool = True) -> Path:
+    """Encode the data folder (or the demo loops) into the token cache; unchanged files are reused."""
+    codec_id = model_lib.codec_identity(model, cfg.model.name)
+    data_path = cfg.data.path
+    if data_path is None:
+        data_path = CACHE_ROOT / "demo_audio" / f"loops{cfg.data.demo_loops_per_style}-{fmt.sample_rate}"
+        if not (data_path / "metadata.csv").exists():
+            write_demo_loops(data_path, cfg.data.demo_loops_per_style, fmt.sample_rate)
+    cache_dir = cfg.data.cache_dir or default_cache_dir(cfg.data.path, codec_id)
+    result = prepare_cache(
+        Path(data_path).expanduser(),
+        cache_dir,
+        encoder=codec_encoder(model.audio_encoder, fmt, device),
+        fmt=fmt,
+        codec_id=codec_id,
+        caption_template=cfg.data.caption_template,
+        use_metadata=cfg.data.use_metadata,
+        batch_size=cfg.data.encode_batch_size,
+    )
+    if log_summary:
+        print(result.summary())
+    return cache_dir
+
+
+def silence_codes(model, fmt: AudioFormat, device: torch.device) -> np.ndarray:
+    """Codes of one second of digital silence (for the zero-padding ablation only)."""
+    encode = codec_encoder(model.audio_encoder, fmt, device)
+    return encode(torch.zeros(1, fmt.channels, fmt.sample_rate))[0].numpy()
+
+
+@dataclass
+class TrainingData:
+    train: TrainWindows
+    val: EvalWindows
+    collator: MusicgenCollator
+    frames: int
+    frame_rate: int
+    num_codebooks: int
+    sample_prompts: tuple[str, ...]
+
+
+def load_clips(cache_dir: Path) -> list[Clip]:
+    return [
+        Clip(load_codes(cache_dir, entry), entry.caption, entry.source, entry.content_sha256)
+        for entry in load_manifest(cache_dir)
+    ]
+
+
+def training_data(cfg: RunConfig, cache_dir: Path, fmt: AudioFormat, world_size: int = 1, silence=None, tokenizer=None) -> TrainingData:
+    clips = load_clips(cache_dir)
+    train_clips, val_clips = split_clips(clips, cfg.data.val_fraction)
+    frames = max(1, round(cfg.data.window_seconds * fmt.frame_rate))
+    check_windows(train_clips, frames, cfg.data.pad_mode, fmt.frame_rate)
+    check_batch(train_clips, frames, cfg.train.batch_size)
+    if cfg.train.batch_size % world_size:
+        raise ValueError(f"--train.batch-size {cfg.train.batch_size} must be divisible by the {world_size} processes")
+    common = {
+        "frames": frames,
+        "pad_mode": cfg.data.pad_mode,
+        "special_token_id": fmt.pad_token_id,
+        "caption_override": cfg.data.caption_override,
+        "silence_codes": silence,
+    }
+    train = TrainWindows(train_clips, seed=cfg.seed, condition_dropout=cfg.data.condition_dropout, **common)
+    val = EvalWindows(val_clips, max_windows=cfg.train.eval_max_windows, **common)
+    prompts = cfg.sample.prompts or tuple(dict.fromkeys(c.caption for c in (val_clips or train_clips)))[:3]
+    if cfg.data.caption_override:
+        prompts = cfg.sample.prompts or (cfg.data.caption_override,)
+    collator = MusicgenCollator(
+        tokenizer if tokenizer is not None else _tokenizer_for(cfg),
+        delays=codebook_delays(fmt.num_codebooks, fmt.channels),
+        special_token_id=fmt.pad_token_id,
+    )
+    return TrainingData(train, val, collator, frames, fmt.frame_rate, fmt.num_codebooks, tuple(prompts))
+
+
+def _tokenizer_for(cfg: RunConfig):
+    if cfg.model.name == model_lib.TINY_MODEL:
+        return model_lib.tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(cfg.model.name, revision=cfg.model.revision)
+
+
+def lora_model(cfg: RunConfig, model):
+    peft_model = model_lib.apply_lora(
+        model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=cfg.lora.targets
+    )
+    peft_model.peft_config["default"].base_model_name_or_path = cfg.model.name
+    if cfg.model.gradient_checkpointing:
+        model_lib.enable_gradient_checkpointing(peft_model.get_base_model())
+    if cfg.model.compile:
+        base = peft_model.get_base_model()
+        base.decoder.model = torch.compile(base.decoder.model)
+    return peft_model
+
+
+def optimizer_and_schedule(cfg: OptimConfig, max_steps: int, model, device: torch.device):
+    """AdamW over the trainable (LoRA) weights; linear warm-up then cosine to lr * min_lr_ratio."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        parameters, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+        fused=cfg.fused and device.type == "cuda",
+    )
+
+    def schedule(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        progress = (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def trackers(cfg: RunConfig, run_dir: Path, is_main: bool):
+    if not is_main:
+        return NullTracker()
+    return CompositeTracker([JsonlTracker(run_dir / "metrics.jsonl")])
+
+
+def adapter_is_finite(model) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad)
+
+
+def save_adapter(model, folder: Path, cfg: RunConfig) -> None:
+    """The final adapter in PEFT format (adapter_config.json + adapter_model.safetensors)."""
+    if not adapter_is_finite(model):
+        raise RuntimeError("adapter weights are not finite; refusing to save them")
+    # The embeddings are never resized here, so peft need not look up the base config to decide.
+    model.save_pretrained(folder, save_embedding_layers=False)

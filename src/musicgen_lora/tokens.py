@@ -1,0 +1,258 @@
+"""The token cache: every audio file encoded ONCE with the model's frozen EnCodec, kept on disk.
+
+Layout of a cache folder (one codec per folder):
+    cache.json     codec identity and audio format the codes were made with
+    codes/KEY.npz  int16 codes (K, T) + caption + source content hash, one per file
+    manifest.json  the files of the last prepare: source, content hash, key, caption, frames
+    skipped.json   files that were not usable, each with its reason
+KEY = sha256(content hash + codec identity + preprocessing settings), so a re-run skips unchanged
+files, re-encodes changed ones, and a codec or setting change can never reuse stale codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+from musicgen_lora.audio import AudioError, find_audio_files, load_audio
+from musicgen_lora.captions import caption_files
+from musicgen_lora.model import AudioFormat
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+class CacheMismatchError(RuntimeError):
+    """The cache was encoded for another codec or audio format than the model's."""
+
+
+class NoUsableAudioError(RuntimeError):
+    """Nothing in the data folder could be encoded."""
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    source: str  # path relative to the data folder
+    content_sha256: str
+    key: str
+    caption: str
+    frames: int
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    entries: list[CacheEntry]
+    skipped: list[dict]  # {"source", "reason"}
+    encoded: int  # files encoded by this run (the rest came from the cache)
+    warnings: list[str]
+
+    def summary(self) -> str:
+        reused = len(self.entries) - self.encoded
+        return (
+            f"token cache: {len(self.entries)} usable files ({self.encoded} encoded, {reused} reused), "
+            f"{len(self.skipped)} skipped" + (" (see skipped.json)" if self.skipped else "")
+        )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, payload) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def cache_identity(codec_id: str, fmt: AudioFormat) -> dict:
+    return {"version": CACHE_VERSION, "codec_id": codec_id, **asdict(fmt)}
+
+
+def check_cache_identity(cache_dir: Path, identity: dict) -> None:
+    """Refuse a cache made for another codec or format before any heavy work."""
+    path = cache_dir / "cache.json"
+    if not path.exists():
+        return
+    stored = json.loads(path.read_text())
+    differences = [
+        f"{key}: cache has {stored.get(key)!r}, model needs {value!r}"
+        for key, value in identity.items()
+        if stored.get(key) != value
+    ]
+    if differences:
+        raise CacheMismatchError(
+            f"The token cache {cache_dir} was encoded for another codec or audio format:\n  "
+            + "\n  ".join(differences)
+            + "\nUse a separate cache folder for this model (--data.cache-dir) or delete that one."
+        )
+
+
+def entry_key(content_sha256: str, identity: dict) -> str:
+    blob = json.dumps({"content": content_sha256, **identity}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+Encoder = Callable[[torch.Tensor], torch.Tensor]
+"""(batch, channels, samples) float audio -> (batch, K, frames) integer codes."""
+
+
+def prepare_cache(
+    data_dir: Path,
+    cache_dir: Path,
+    *,
+    encoder: Encoder,
+    fmt: AudioFormat,
+    codec_id: str,
+    caption_template: str = "{folder} loop",
+    use_metadata: bool = True,
+    batch_size: int = 8,
+) -> PrepareResult:
+    """Encode every usable audio file under `data_dir` that the cache lacks; write the manifest.
+
+    Bad files never stop the run: each is listed with its reason in skipped.json. Identical files
+    are encoded once. Raises NoUsableAudioError when nothing usable remains. Safe to run from two
+    processes at once: a file lock serialises them, and the second finds the work done.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data folder {data_dir} does not exist")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    identity = cache_identity(codec_id, fmt)
+    check_cache_identity(cache_dir, identity)
+    with FileLock(str(cache_dir / ".lock")):
+        atomic_write_json(cache_dir / "cache.json", identity)
+        return _prepare_locked(
+            data_dir, cache_dir, encoder, fmt, identity, caption_template, use_metadata, batch_size
+        )
+
+
+def _prepare_locked(data_dir, cache_dir, encoder, fmt, identity, caption_template, use_metadata, batch_size):
+    files = list(find_audio_files(data_dir))
+    captions, warnings = caption_files(files, data_dir, caption_template, use_metadata)
+    skipped: list[dict] = []
+    entries: list[CacheEntry] = []
+    pending: dict[str, list[tuple[Path, str, str]]] = defaultdict(list)  # key -> [(path, sha, caption)]
+    for path in files:
+        source = path.relative_to(data_dir).as_posix()
+        try:
+            sha = file_sha256(path)
+        except OSError as error:
+            skipped.append({"source": source, "reason": f"unreadable: {error.strerror or error}"})
+            continue
+        key = entry_key(sha, identity)
+        code_file = cache_dir / "codes" / f"{key}.npz"
+        if code_file.exists():
+            entries.append(CacheEntry(source, sha, key, captions[path], _frames(code_file)))
+        else:
+            pending[key].append((path, sha, captions[path]))
+    encoded = _encode_pending(pending, cache_dir, encoder, fmt, batch_size, data_dir, entries, skipped)
+    entries.sort(key=lambda entry: entry.source)
+    atomic_write_json(cache_dir / "manifest.json", {"identity": identity, "entries": [asdict(e) for e in entries]})
+    atomic_write_json(cache_dir / "skipped.json", skipped)
+    for warning in warnings:
+        log.warning(warning)
+    result = PrepareResult(entries, skipped, encoded, warnings)
+    if not entries:
+        reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:5]) or "no audio files found"
+        raise NoUsableAudioError(
+            f"No usable audio in {data_dir} ({len(files)} audio files found, {len(skipped)} skipped: {reasons}). "
+            f"Supported: wav, flac, ogg, mp3, aiff; see {cache_dir / 'skipped.json'}."
+        )
+    return result
+
+
+def _frames(code_file: Path) -> int:
+    with np.load(code_file) as stored:
+        return int(stored["codes"].shape[-1])
+
+
+def _encode_pending(pending, cache_dir, encoder, fmt, batch_size, data_dir, entries, skipped) -> int:
+    """Decode and encode the files the cache lacks; files of equal length share a batch."""
+    by_length: dict[int, list] = defaultdict(list)
+    for key, copies in pending.items():
+        path, sha, caption = copies[0]  # identical content is encoded once for all its copies
+        try:
+            audio = load_audio(path, fmt.sample_rate, fmt.channels, min_samples=fmt.hop_length)
+        except AudioError as error:
+            skipped.extend({"source": p.relative_to(data_dir).as_posix(), "reason": str(error)} for p, _, _ in copies)
+            continue
+        by_length[audio.shape[-1]].append((key, audio, copies))
+    encoded = 0
+    for length in sorted(by_length):
+        group = by_length[length]
+        for start in range(0, len(group), batch_size):
+            batch = group[start : start + batch_size]
+            codes = encoder(torch.from_numpy(np.stack([audio for _, audio, _ in batch])))
+            for (key, _, copies), file_codes in zip(batch, codes, strict=True):
+                _write_codes(cache_dir / "codes" / f"{key}.npz", file_codes, copies[0][1], copies[0][2])
+                encoded += 1
+                for path, sha, caption in copies:
+                    source = path.relative_to(data_dir).as_posix()
+                    entries.append(CacheEntry(source, sha, key, caption, int(file_codes.shape[-1])))
+    return encoded
+
+
+def _write_codes(path: Path, codes: torch.Tensor, sha: str, caption: str) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, codes=codes.cpu().numpy().astype(np.int16), content_sha256=sha, caption=caption)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_manifest(cache_dir: Path) -> list[CacheEntry]:
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    return [CacheEntry(**entry) for entry in manifest["entries"]]
+
+
+def load_codes(cache_dir: Path, entry: CacheEntry) -> np.ndarray:
+    with np.load(cache_dir / "codes" / f"{entry.key}.npz") as stored:
+        return stored["codes"]
+
+
+def codec_encoder(audio_encoder, fmt: AudioFormat, device: torch.device) -> Encoder:
+    """Batched, gradient-free EnCodec encoding on `device`; stereo channels are encoded separately
+    and interleaved (L0, R0, L1, R1, ...), as MusicGen's stereo checkpoints expect."""
+
+    @torch.no_grad()
+    def encode(audio: torch.Tensor) -> torch.Tensor:
+        batch, channels, samples = audio.shape
+        flat = audio.reshape(batch * channels, 1, samples).to(device)
+        codes = audio_encoder.encode(flat, bandwidth=fmt.bandwidth).audio_codes[0]  # (B*C, q, T)
+        codes = codes.reshape(batch, channels, codes.shape[-2], codes.shape[-1])
+        # (B, C, q, T) -> (B, q, C, T) -> (B, q*C, T): codebook-major, channel-minor interleave
+        codes = codes.transpose(1, 2).reshape(batch, -1, codes.shape[-1])
+        if codes.shape[1] != fmt.num_codebooks:
+            raise CacheMismatchError(f"codec made {codes.shape[1]} codebooks; the decoder reads {fmt.num_codebooks}")
+        return codes.cpu()
+
+    return encode

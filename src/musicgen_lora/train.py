@@ -1,0 +1,264 @@
+"""The training loop: a plain function over accelerate, the same on CPU, one GPU, or many.
+
+`train(config)` does everything a run needs, in one direction: token cache -> data -> model + LoRA
+-> optimizer -> (resume) -> loop with eval, samples and checkpoints -> final adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from tqdm.auto import tqdm
+
+from musicgen_lora import builders
+from musicgen_lora.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from musicgen_lora.config import RunConfig, to_dict
+from musicgen_lora.data import DrawSampler
+from musicgen_lora.forward import TextStateCache, forward_loss
+from musicgen_lora.generate import generate_audio, write_wav
+from musicgen_lora.loss import add_stats, codebook_metrics
+from musicgen_lora.tokens import atomic_write_json
+from musicgen_lora.tracking import run_name
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_val_loss: float | None
+    skipped_steps: int
+
+
+def make_accelerator(cfg: RunConfig) -> Accelerator:
+    return Accelerator(
+        mixed_precision=builders.mixed_precision(cfg.train.mixed_precision),
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        # The loader yields global batches that accelerate splits across processes, so the data a
+        # step sees is the same for 1 or N processes (same global batch, same order).
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+
+
+def resolve_run_dir(cfg: RunConfig, accelerator: Accelerator) -> Path:
+    """The run directory; its timestamped default name is chosen once and shared by all ranks."""
+    names = [str(cfg.output_dir) if cfg.output_dir else str(Path("runs") / run_name(cfg.experiment, cfg.variant, cfg.seed))]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(names)
+    return Path(names[0])
+
+
+def train(cfg: RunConfig, accelerator: Accelerator | None = None, tracker_factory=None) -> TrainResult:
+    accelerator = accelerator or make_accelerator(cfg)
+    run_dir = resolve_run_dir(cfg, accelerator)
+    main = accelerator.is_main_process
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", to_dict(cfg))
+    set_seed(cfg.seed)
+
+    model, tokenizer = builders.base_model(cfg.model, accelerator.device)
+    fmt = builders.audio_format(model)
+    with accelerator.main_process_first():  # rank 0 encodes; the others then find the cache complete
+        cache_dir = builders.token_cache(cfg, model, fmt, accelerator.device, log_summary=main)
+    silence = builders.silence_codes(model, fmt, accelerator.device) if cfg.data.pad_mode == "zero_pad_legacy" else None
+    data = builders.training_data(cfg, cache_dir, fmt, accelerator.num_processes, silence, tokenizer)
+    model = builders.lora_model(cfg, model)
+    optimizer, scheduler = builders.optimizer_and_schedule(cfg.optim, cfg.train.max_steps, model, accelerator.device)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scaler = accelerator.scaler
+
+    state = {"draws": 0, "skipped_steps": 0, "consecutive_bad": 0}
+    step = 0
+    checkpoints = list_checkpoints(run_dir / "checkpoints") if cfg.train.resume else []
+    if checkpoints:
+        restored, rng_states = load_checkpoint(
+            checkpoints[-1], model=accelerator.unwrap_model(model), optimizer=optimizer.optimizer,
+            scheduler=scheduler, scaler=scaler,
+        )
+        step = restored.pop("step")
+        state.update(restored)
+        set_rng_state(rng_states[min(accelerator.process_index, len(rng_states) - 1)])
+        if main:
+            _truncate_metrics(run_dir / "metrics.jsonl", step)
+            log.info("resumed from %s at step %d", checkpoints[-1], step)
+
+    tracker = tracker_factory(cfg, run_dir, accelerator, resumed_step=step) if tracker_factory else builders.trackers(cfg, run_dir, main)
+    text_cache = TextStateCache() if cfg.train.cache_text_states else None
+    draws_per_step = cfg.train.batch_size * cfg.train.grad_accum_steps
+    loader = torch.utils.data.DataLoader(
+        data.train,
+        batch_size=cfg.train.batch_size,
+        sampler=DrawSampler(step * draws_per_step, cfg.train.max_steps * draws_per_step),
+        collate_fn=data.collator,
+        num_workers=cfg.data.num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+        persistent_workers=cfg.data.num_workers > 0,
+        generator=torch.Generator(),  # keeps the loader from drawing on the global RNG (exact resume)
+    )
+    loader = accelerator.prepare(loader)
+
+    if step == 0 and main and cfg.sample.base_model:
+        _write_samples(cfg, model, tokenizer, data.sample_prompts, run_dir, "base", tracker, step, accelerator)
+    accelerator.wait_for_everyone()
+
+    frames_per_step = draws_per_step * data.frames
+    model.train()
+    progress = tqdm(total=cfg.train.max_steps, initial=step, disable=not main, desc="train", dynamic_ncols=True)
+    window_stats, window_loss, step_times = None, [], []
+    tick = time.perf_counter()
+    val_loss = None
+    for batch in loader:
+        with accelerator.accumulate(model):
+            loss, stats = forward_loss(model, batch, text_cache)
+            accelerator.backward(loss)
+            window_stats = add_stats(window_stats, stats)
+            window_loss.append(loss.detach())
+            if not accelerator.sync_gradients:
+                continue
+            grad_norm = accelerator.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm or math.inf
+            )
+            finite = bool(torch.isfinite(grad_norm))
+            if finite or scaler is not None:
+                optimizer.step()  # with fp16 the grad scaler skips a non-finite step and lowers its scale
+            if finite:
+                scheduler.step()
+                state["consecutive_bad"] = 0
+            else:
+                state["skipped_steps"] += 1
+                state["consecutive_bad"] += 1
+            optimizer.zero_grad(set_to_none=True)
+        step += 1
+        state["draws"] = step * draws_per_step
+        step_times.append(time.perf_counter() - tick)
+        progress.update(1)
+
+        if state["consecutive_bad"] >= cfg.train.max_bad_steps:
+            tracker.log({"train/skipped_steps": state["skipped_steps"]}, step)
+            tracker.finish("failed")
+            raise NonFiniteTrainingError(
+                f"{state['consecutive_bad']} consecutive steps had a non-finite loss or gradient (step {step}); "
+                "the last good checkpoint is kept. Lower --optim.lr, or use --train.mixed-precision bf16/no."
+            )
+        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            metrics = _train_metrics(accelerator, window_stats, window_loss, step_times, frames_per_step, data, scheduler, grad_norm, state)
+            tracker.log(metrics, step)
+            progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", fps=f"{metrics['perf/frames_per_s']:.0f}")
+            window_stats, window_loss, step_times = None, [], []
+        last = step == cfg.train.max_steps
+        if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
+            val_loss = _evaluate(cfg, model, data, text_cache, accelerator, tracker, step)
+            if main:
+                tag = "final" if last else f"step_{step:07d}"
+                _write_samples(cfg, model, tokenizer, data.sample_prompts, run_dir, tag, tracker, step, accelerator)
+            accelerator.wait_for_everyone()
+        if (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or last:
+            _checkpoint(cfg, run_dir, step, model, optimizer, scheduler, scaler, state, accelerator)
+        tick = time.perf_counter()
+    progress.close()
+
+    if main:
+        builders.save_adapter(accelerator.unwrap_model(model), run_dir / "adapter", cfg)
+        tracker.log_adapter(run_dir / "adapter", f"adapter-{run_dir.name}")
+        tracker.finish("completed")
+    accelerator.wait_for_everyone()
+    return TrainResult(run_dir, step, val_loss, state["skipped_steps"])
+
+
+def _train_metrics(accelerator, stats, losses, step_times, frames_per_step, data, scheduler, grad_norm, state) -> dict:
+    stats = {key: accelerator.reduce(value.to(accelerator.device), reduction="sum") for key, value in stats.items()}
+    metrics = codebook_metrics(stats, "train")
+    metrics["train/loss_mean"] = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))
+    metrics["train/lr"] = scheduler.get_last_lr()[0]
+    metrics["train/grad_norm"] = float(grad_norm)
+    metrics["train/skipped_steps"] = state["skipped_steps"]
+    metrics["data/epoch"] = state["draws"] / max(1, data.train.epoch_size())
+    step_time = float(np.median(step_times))
+    metrics["perf/step_time_s"] = step_time
+    metrics["perf/frames_per_s"] = frames_per_step / step_time
+    metrics["perf/tokens_per_s"] = frames_per_step * data.num_codebooks / step_time
+    metrics["perf/audio_s_per_s"] = frames_per_step / data.frame_rate / step_time
+    metrics["perf/peak_memory_gb"] = _peak_memory_gb(accelerator.device)
+    return metrics
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+@torch.no_grad()
+def _evaluate(cfg, model, data, text_cache, accelerator, tracker, step) -> float | None:
+    """Validation loss on the fixed held-out windows, each process taking a disjoint share."""
+    if len(data.val) == 0:
+        return None
+    model.eval()
+    indices = list(range(accelerator.process_index, len(data.val), accelerator.num_processes))
+    total = None
+    for start in range(0, len(indices), cfg.train.batch_size):
+        examples = [data.val[i] for i in indices[start : start + cfg.train.batch_size]]
+        batch = {k: v.to(accelerator.device) for k, v in data.collator(examples).items()}
+        with accelerator.autocast():
+            _, stats = forward_loss(model, batch, text_cache)
+        total = add_stats(total, stats)
+    if total is None:  # more processes than windows: contribute zeros to the sum
+        k = data.num_codebooks
+        total = {"ce_sum": torch.zeros(k), "correct": torch.zeros(k, dtype=torch.long), "count": torch.zeros(k, dtype=torch.long)}
+    total = {key: accelerator.reduce(value.to(accelerator.device), reduction="sum") for key, value in total.items()}
+    metrics = codebook_metrics(total, "val")
+    tracker.log(metrics, step)
+    model.train()
+    return metrics["val/loss"]
+
+
+def _write_samples(cfg, model, tokenizer, prompts, run_dir, tag, tracker, step, accelerator) -> None:
+    if not prompts:
+        return
+    unwrapped = accelerator.unwrap_model(model)
+    audio = generate_audio(
+        unwrapped, tokenizer, list(prompts), seconds=cfg.sample.seconds, guidance=cfg.sample.guidance,
+        top_k=cfg.sample.top_k, temperature=cfg.sample.temperature, seed=cfg.sample.seed,
+    )
+    rate = unwrapped.config.audio_encoder.sampling_rate
+    for index, clip in enumerate(audio):
+        write_wav(run_dir / "samples" / f"{tag}_{index}.wav", clip, rate)
+    tracker.log_audio(f"samples/{'base' if tag == 'base' else 'adapter'}", audio, rate, list(prompts), step)
+
+
+def _checkpoint(cfg, run_dir, step, model, optimizer, scheduler, scaler, state, accelerator) -> None:
+    rng_states = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if builders.adapter_is_finite(unwrapped):
+            save_checkpoint(
+                run_dir / "checkpoints", step, model=unwrapped, optimizer=optimizer.optimizer,
+                scheduler=scheduler, scaler=scaler, rng_states=rng_states, state=dict(state), keep=cfg.train.keep_checkpoints,
+            )
+        else:
+            log.error("adapter weights are not finite at step %d: checkpoint not written", step)
+    accelerator.wait_for_everyone()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records logged after the checkpoint a run resumes from: they will be logged again."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(f"{line}\n" for line in kept))
