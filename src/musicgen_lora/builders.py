@@ -18,7 +18,14 @@ import torch
 from musicgen_lora import model as model_lib
 from musicgen_lora.collate import MusicgenCollator, codebook_delays
 from musicgen_lora.config import ModelConfig, OptimConfig, RunConfig
-from musicgen_lora.data import Clip, EvalWindows, TrainWindows, check_batch, check_windows, split_clips
+from musicgen_lora.data import (
+    Clip,
+    EvalWindows,
+    TrainWindows,
+    check_batch,
+    check_windows,
+    split_clips,
+)
 from musicgen_lora.demo import write_demo_loops
 from musicgen_lora.model import AudioFormat
 from musicgen_lora.tokens import codec_encoder, load_codes, load_manifest, prepare_cache
@@ -181,7 +188,8 @@ def optimizer_and_schedule(cfg: OptimConfig, max_steps: int, model, device: torc
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def trackers(cfg: RunConfig, run_dir: Path, is_main: bool):
+def trackers(cfg: RunConfig, run_dir: Path, is_main: bool, resumed_step: int = 0):
+    """All trackers of a run; only the main process tracks."""
     if not is_main:
         return NullTracker()
     return CompositeTracker([JsonlTracker(run_dir / "metrics.jsonl")])

@@ -8,6 +8,7 @@ Old checkpoints are pruned only after the new one is in place.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -81,8 +82,6 @@ def _fsync_dir(path: Path) -> None:
     for file in path.iterdir() if path.is_dir() else []:
         if file.is_file():
             with open(file, "rb") as handle:
-                import os
-
                 os.fsync(handle.fileno())
 
 

@@ -58,11 +58,11 @@ def drum_loop(style: DrumStyle, variation: int, sample_rate: int = 32000, bars: 
     """A mono float32 loop of `bars` bars in `style`; the same arguments give the same samples."""
     rng = np.random.default_rng([sum(map(ord, style.name)), variation])
     step = 60.0 / style.bpm / 4  # sixteenth notes
-    length = int(round(bars * 16 * step * sample_rate))
+    length = round(bars * 16 * step * sample_rate)
     out = np.zeros(length + sample_rate, dtype=np.float64)  # room for the last hit's tail
     for bar in range(bars):
         for index in range(16):
-            start = int(round((bar * 16 + index) * step * sample_rate))
+            start = round((bar * 16 + index) * step * sample_rate)
             for pattern, voice in ((style.kick, _kick), (style.snare, _snare), (style.hat, _hat)):
                 ghost = variation > 0 and voice is _hat and rng.random() < 0.15 * variation
                 if pattern[index] == "x" or ghost:

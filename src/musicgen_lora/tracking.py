@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -43,7 +43,8 @@ class JsonlTracker:
     def __init__(self, path: Path):
         self.path = path
         self.start = time.time()
-        self._handle = open(path, "a", encoding="utf-8")  # append: a resumed run continues the file
+        # Kept open for the whole run (closed in finish); append: a resumed run continues the file.
+        self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def log(self, metrics, step):
         record = {"step": step, "time": round(time.time() - self.start, 3)}
@@ -90,7 +91,7 @@ class CompositeTracker:
 
 
 def run_name(experiment: str, variant: str, seed: int, now: datetime | None = None) -> str:
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
     return f"{experiment}-{variant}-s{seed}-{stamp}"
 
 

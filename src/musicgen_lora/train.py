@@ -21,7 +21,13 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from musicgen_lora import builders
-from musicgen_lora.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from musicgen_lora.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from musicgen_lora.config import RunConfig, to_dict
 from musicgen_lora.data import DrawSampler
 from musicgen_lora.forward import TextStateCache, forward_loss
@@ -63,7 +69,7 @@ def resolve_run_dir(cfg: RunConfig, accelerator: Accelerator) -> Path:
     return Path(names[0])
 
 
-def train(cfg: RunConfig, accelerator: Accelerator | None = None, tracker_factory=None) -> TrainResult:
+def train(cfg: RunConfig, accelerator: Accelerator | None = None) -> TrainResult:
     accelerator = accelerator or make_accelerator(cfg)
     run_dir = resolve_run_dir(cfg, accelerator)
     main = accelerator.is_main_process
@@ -98,7 +104,19 @@ def train(cfg: RunConfig, accelerator: Accelerator | None = None, tracker_factor
             _truncate_metrics(run_dir / "metrics.jsonl", step)
             log.info("resumed from %s at step %d", checkpoints[-1], step)
 
-    tracker = tracker_factory(cfg, run_dir, accelerator, resumed_step=step) if tracker_factory else builders.trackers(cfg, run_dir, main)
+    tracker = builders.trackers(cfg, run_dir, main, resumed_step=step)
+    try:
+        result = _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, scheduler, data, tracker, state, step)
+    except BaseException:
+        tracker.finish("failed")
+        raise
+    tracker.finish("completed")
+    return result
+
+
+def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, scheduler, data, tracker, state, step) -> TrainResult:
+    main = accelerator.is_main_process
+    scaler = accelerator.scaler
     text_cache = TextStateCache() if cfg.train.cache_text_states else None
     draws_per_step = cfg.train.batch_size * cfg.train.grad_accum_steps
     loader = torch.utils.data.DataLoader(
@@ -151,7 +169,6 @@ def train(cfg: RunConfig, accelerator: Accelerator | None = None, tracker_factor
 
         if state["consecutive_bad"] >= cfg.train.max_bad_steps:
             tracker.log({"train/skipped_steps": state["skipped_steps"]}, step)
-            tracker.finish("failed")
             raise NonFiniteTrainingError(
                 f"{state['consecutive_bad']} consecutive steps had a non-finite loss or gradient (step {step}); "
                 "the last good checkpoint is kept. Lower --optim.lr, or use --train.mixed-precision bf16/no."
@@ -176,7 +193,6 @@ def train(cfg: RunConfig, accelerator: Accelerator | None = None, tracker_factor
     if main:
         builders.save_adapter(accelerator.unwrap_model(model), run_dir / "adapter", cfg)
         tracker.log_adapter(run_dir / "adapter", f"adapter-{run_dir.name}")
-        tracker.finish("completed")
     accelerator.wait_for_everyone()
     return TrainResult(run_dir, step, val_loss, state["skipped_steps"])
 

@@ -1,0 +1,68 @@
+"""`musicgen-lora prepare`: encode an audio folder once into the token cache (training runs this
+itself when the cache is missing; running it ahead lets a GPU job start training at once)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+from musicgen_lora.builders import default_cache_dir
+from musicgen_lora.model import ModelLoadError, audio_format, codec_identity, load_musicgen
+from musicgen_lora.tokens import (
+    CacheMismatchError,
+    NoUsableAudioError,
+    codec_encoder,
+    prepare_cache,
+)
+
+
+@dataclass(frozen=True)
+class PrepareArgs:
+    """Encode every audio file under --data with the model's frozen EnCodec into a token cache."""
+
+    data: Path
+    """Folder of audio files (searched recursively), with optional metadata.csv / metadata.jsonl captions."""
+    model: str = "facebook/musicgen-small"
+    """Hub id or local folder of the MusicGen checkpoint whose codec encodes the audio (`tiny` offline)."""
+    cache: Path | None = None
+    """Cache folder; default: the one training uses for this data folder and codec."""
+    caption_template: str = "{folder} loop"
+    """Caption for files the metadata does not caption ({folder}, {stem})."""
+    use_metadata: bool = True
+    """Read captions from metadata.csv / metadata.jsonl."""
+    batch_size: int = 8
+    """Files of equal length encoded together."""
+    device: str | None = None
+    """cuda or cpu; default: cuda when available."""
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args = tyro.cli(PrepareArgs, args=argv, prog="musicgen-lora prepare")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        model, _ = load_musicgen(args.model)
+    except ModelLoadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    model.audio_encoder.to(device)
+    fmt = audio_format(model)
+    codec_id = codec_identity(model, args.model)
+    cache = args.cache or default_cache_dir(args.data, codec_id)
+    try:
+        result = prepare_cache(
+            args.data, cache, encoder=codec_encoder(model.audio_encoder, fmt, device), fmt=fmt,
+            codec_id=codec_id, caption_template=args.caption_template, use_metadata=args.use_metadata,
+            batch_size=args.batch_size,
+        )
+    except (NoUsableAudioError, CacheMismatchError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    print(f"cache: {cache}")
+    return 0
