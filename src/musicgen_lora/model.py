@@ -262,13 +262,15 @@ def apply_lora(
     """Freeze the base model and wrap the decoder's `targets` with peft LoRA (adapter in fp32)."""
     from peft import LoraConfig, get_peft_model
 
-    find_lora_targets(model, targets)
+    # Exact module names: a name pattern alone would also match containers such as the
+    # `lm_heads` ModuleList, which LoRA cannot wrap.
+    modules = find_lora_targets(model, targets)
     freeze(model)
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=lora_target_regex(targets),
+        target_modules=modules,
         bias="none",
     )
     peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
