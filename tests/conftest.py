@@ -6,6 +6,9 @@ Everything here runs offline on CPU in seconds; tests never download weights.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,71 @@ def demo_cache(tmp_path_factory, demo_dir) -> Path:
         fmt=fmt, codec_id=codec_identity(model, "tiny"),
     )
     return cache
+
+
+# --- issue 6 (reliability): the tiny codec as a cache encoder, and quick runs of the experiment script.
+
+BASELINE = REPO_ROOT / "experiments" / "01_baseline.py"
+
+
+@dataclass(frozen=True)
+class TinyCodec:
+    """What `prepare_cache` needs to encode with the tiny model's EnCodec."""
+
+    encoder: object
+    fmt: object
+    codec_id: str
+
+    def prepare(self, data_dir: Path, cache_dir: Path, **kwargs):
+        from musicgen_lora.tokens import prepare_cache
+
+        return prepare_cache(data_dir, cache_dir, encoder=self.encoder, fmt=self.fmt, codec_id=self.codec_id, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_codec() -> TinyCodec:
+    from musicgen_lora.model import TINY_MODEL, audio_format, build_tiny_musicgen, codec_identity
+    from musicgen_lora.tokens import codec_encoder
+
+    model = build_tiny_musicgen()
+    fmt = audio_format(model)
+    encoder = codec_encoder(model.audio_encoder, fmt, torch.device("cpu"))
+    return TinyCodec(encoder, fmt, codec_identity(model, TINY_MODEL))
+
+
+def quick_args(run_dir: Path, cache_dir: Path, data_dir: Path, *extra: str) -> list[str]:
+    """Flags of the experiment script for a seconds-long CPU run of the tiny model on `data_dir`."""
+    return [
+        "--smoke",
+        "--output-dir", str(run_dir),
+        "--data.path", str(data_dir),
+        "--data.cache-dir", str(cache_dir),
+        "--data.window-seconds", "0.5",
+        "--data.val-fraction", "0",
+        "--train.batch-size", "2",
+        "--train.log-every", "1",
+        "--train.eval-every", "0",
+        "--sample.no-base-model",
+        "--metrics.no-enabled",
+        "--sample.seconds", "0.04",
+        *extra,
+    ]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment of a child training process: offline, one thread (deterministic, shares the cores)."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run_baseline(args: list[str], *, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run experiments/01_baseline.py to completion in a child process with the venv's python."""
+    return subprocess.run(
+        [sys.executable, str(BASELINE), *args], env=env or child_env(), cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=timeout,
+    )

@@ -67,3 +67,31 @@ def test_condition_dropout_and_guidance_are_finite(tiny_model, tokenizer):
     assert torch.isfinite(loss) and torch.isfinite(out.logits).all()
     audio = generate_audio(tiny_model, tokenizer, ["techno", "dnb"], seconds=0.3, guidance=3.0, seed=0)
     assert audio.shape == (2, 1, 9600) and bool(torch.isfinite(torch.from_numpy(audio)).all())
+
+
+def test_text_states_are_deterministic_while_training(tiny_model, tokenizer):
+    """T5 runs without dropout even in train mode: a cached state equals a fresh one and inference's."""
+    from musicgen_lora.forward import text_states
+
+    batch = _batch(tokenizer)
+    mask = batch["attention_mask"][..., None]  # the cache leaves padding positions at zero
+    inference = text_states(tiny_model, batch, None) * mask
+    tiny_model.train()
+    assert torch.equal(text_states(tiny_model, batch, None) * mask, inference)
+    # The cache encodes each caption alone (unpadded, so its states never depend on the batch that
+    # first held it: exact resume); that differs from a padded batch only in float rounding.
+    assert torch.allclose(text_states(tiny_model, batch, TextStateCache()), inference, atol=1e-5)
+    assert tiny_model.text_encoder.training  # the mode is restored
+
+
+def test_cached_text_states_do_not_depend_on_the_batch(tiny_model, tokenizer):
+    """A caption's cached states are the same bits whichever batch (and padding) first held it, so
+    a resumed run, whose cache fills in another order, trains on exactly the same states."""
+    captions = ["techno drum loop, 128 bpm", "a much longer caption: trap hi-hats, rolling 808s, 140 bpm"]
+    alone, together = TextStateCache(), TextStateCache()
+    for cache, batches in ((alone, [captions[:1], captions[1:]]), (together, [captions])):
+        for texts in batches:
+            text = tokenizer(texts, padding=True, return_tensors="pt")
+            cache.encode(tiny_model.text_encoder, text["input_ids"], text["attention_mask"])
+    assert alone._states.keys() == together._states.keys()
+    assert all(torch.equal(alone._states[key], together._states[key]) for key in alone._states)

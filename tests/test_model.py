@@ -75,3 +75,26 @@ def test_adapter_save_and_load_gives_identical_outputs(tiny_model, tokenizer, tm
     base = build_tiny_musicgen()(**text, decoder_input_ids=decoder_input_ids).logits
     assert torch.equal(outputs[0], outputs[1])
     assert not torch.allclose(outputs[0], base)  # the adapter does change the model
+
+
+def test_saved_checkpoint_loads_with_either_attention(tmp_path):
+    """A checkpoint folder (the Hub layout) loads with SDPA: the setting reaches only the decoder,
+    since EnCodec has no SDPA and transformers 5 refuses a model-wide "sdpa" for it."""
+    from musicgen_lora.model import build_tiny_musicgen, load_musicgen, tiny_tokenizer
+
+    build_tiny_musicgen().save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    for attention in ("sdpa", "eager"):
+        model, _ = load_musicgen(str(tmp_path), attn_implementation=attention)
+        assert model.config.decoder._attn_implementation == attention
+
+
+def test_compiled_decoder_keeps_adapter_names(tiny_model):
+    """--model.compile compiles in place: no `_orig_mod.` in parameter names, so adapters and
+    checkpoints save and load as without it."""
+    from musicgen_lora import builders
+    from musicgen_lora.config import ModelConfig, RunConfig
+
+    model = builders.lora_model(RunConfig(model=ModelConfig(name="tiny", compile=True)), tiny_model)
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert names and not any("_orig_mod" in name for name in names)

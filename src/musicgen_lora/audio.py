@@ -63,14 +63,18 @@ def decode(path: Path) -> tuple[np.ndarray, int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # librosa warns that its fallback decoder is deprecated
             samples, rate = librosa.load(path, sr=None, mono=False, dtype=np.float32)
-    except Exception as error:  # noqa: BLE001 - any decoder failure makes the file unusable
-        raise AudioError(f"cannot decode: {_first_line(first_error)}; fallback: {_first_line(error)}") from error
+    except Exception as error:
+        raise AudioError(f"cannot decode: {_describe(first_error, path)}; fallback: {_describe(error, path)}") from error
     return np.atleast_2d(samples), int(rate)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
+def _describe(error: BaseException, path: Path) -> str:
+    """First line of a decoder error, without the (long) path: skip reports name the file already."""
+    lines = str(error).strip().splitlines()
+    text = lines[0].replace(str(path), path.name) if lines else ""
+    if type(error).__name__ == "NoBackendError":
+        text = "no installed decoder reads this format (ffmpeg reads m4a, aac, opus, ...)"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def to_channels(samples: np.ndarray, channels: int) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import torch
 
 from musicgen_lora import model as model_lib
 from musicgen_lora.collate import MusicgenCollator, codebook_delays
-from musicgen_lora.config import ModelConfig, OptimConfig, RunConfig
+from musicgen_lora.config import ModelConfig, OptimConfig, RunConfig, to_dict
 from musicgen_lora.data import (
     Clip,
+    DataConfigError,
     EvalWindows,
     TrainWindows,
     check_batch,
@@ -27,9 +29,17 @@ from musicgen_lora.data import (
     split_clips,
 )
 from musicgen_lora.demo import write_demo_loops
+from musicgen_lora.manifest import Launch, ManifestTracker, build_manifest
 from musicgen_lora.model import AudioFormat
+from musicgen_lora.redact import redact
 from musicgen_lora.tokens import codec_encoder, load_codes, load_manifest, prepare_cache
-from musicgen_lora.tracking import CompositeTracker, JsonlTracker, NullTracker
+from musicgen_lora.tracking import (
+    CompositeTracker,
+    JsonlTracker,
+    NullTracker,
+    WandbTracker,
+    wandb_mode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +91,37 @@ def token_cache(cfg: RunConfig, model, fmt: AudioFormat, device: torch.device, l
         data_path = CACHE_ROOT / "demo_audio" / f"loops{cfg.data.demo_loops_per_style}-{fmt.sample_rate}"
         if not (data_path / "metadata.csv").exists():
             write_demo_loops(data_path, cfg.data.demo_loops_per_style, fmt.sample_rate)
-    cache_dir = cfg.data.cache_dir or default_cache_dir(cfg.data.path, codec_id)
+    encoder, preprocessing = codec_encoder(model.audio_encoder, fmt, device), None
+    if cfg.data.percussive:
+        encoder, preprocessing = percussive_encoder(encoder)
+    cache_tag = codec_id + ("-percussive" if preprocessing else "")
+    cache_dir = cfg.data.cache_dir or default_cache_dir(cfg.data.path, cache_tag)
     result = prepare_cache(
         Path(data_path).expanduser(),
         cache_dir,
-        encoder=codec_encoder(model.audio_encoder, fmt, device),
+        encoder=encoder,
         fmt=fmt,
         codec_id=codec_id,
         caption_template=cfg.data.caption_template,
         use_metadata=cfg.data.use_metadata,
         batch_size=cfg.data.encode_batch_size,
+        preprocessing=preprocessing,
     )
     if log_summary:
         print(result.summary())
     return cache_dir
+
+
+def percussive_encoder(encoder):
+    """(encoder that applies percussive emphasis to each clip before encoding, its settings):
+    run once per file by prepare, and the settings go into the token cache's identity and keys."""
+    from musicgen_lora.percussive import percussive_emphasis, settings
+
+    def encode(audio: torch.Tensor) -> torch.Tensor:
+        emphasised = np.stack([percussive_emphasis(clip) for clip in audio.numpy()])
+        return encoder(torch.from_numpy(emphasised))
+
+    return encode, settings()
 
 
 def silence_codes(model, fmt: AudioFormat, device: torch.device) -> np.ndarray:
@@ -128,7 +155,7 @@ def training_data(cfg: RunConfig, cache_dir: Path, fmt: AudioFormat, world_size:
     check_windows(train_clips, frames, cfg.data.pad_mode, fmt.frame_rate)
     check_batch(train_clips, frames, cfg.train.batch_size)
     if cfg.train.batch_size % world_size:
-        raise ValueError(f"--train.batch-size {cfg.train.batch_size} must be divisible by the {world_size} processes")
+        raise DataConfigError(f"--train.batch-size {cfg.train.batch_size} must be divisible by the {world_size} processes")
     common = {
         "frames": frames,
         "pad_mode": cfg.data.pad_mode,
@@ -157,6 +184,50 @@ def _tokenizer_for(cfg: RunConfig):
     return AutoTokenizer.from_pretrained(cfg.model.name, revision=cfg.model.revision)
 
 
+def generation_evaluator(cfg: RunConfig, model, cache_dir: Path, prompts: tuple[str, ...], device):
+    """The run's fixed-prompt generation metrics (FAD vs held-out clips, CLAP), or None when off.
+
+    The FAD reference is the held-out clips (the training clips when nothing is held out), decoded
+    from their cached codes by the same frozen codec that decodes generated audio, so FAD measures
+    the generated token distribution and not codec loss. Anything unavailable is said once, here.
+    """
+    from musicgen_lora import metrics as metrics_lib  # imported here: only runs that score need it
+
+    m = cfg.metrics
+    prompts = m.prompts or prompts
+    if not m.enabled or not prompts:
+        return None
+    fmt = model_lib.audio_format(model)
+    clap, notice = metrics_lib.ClapScorer.load(m.clap_model, m.clap, device)
+    if notice:
+        (log.info if m.clap == "off" else log.warning)(notice)
+    embed = metrics_lib.encodec_embedder(model.audio_encoder, m.fad_pooling)
+    if m.fad_embedding == "clap":
+        embed = None if clap is None else (lambda clips: clap.audio_embeddings(clips, fmt.sample_rate))
+        if clap is None:
+            log.warning("FAD with CLAP embeddings is skipped (no CLAP model); --metrics.fad-embedding encodec needs none.")
+    reference = None
+    if embed is not None:
+        train_clips, val_clips = split_clips(load_clips(cache_dir), cfg.data.val_fraction)
+        chosen = (val_clips or train_clips)[: m.reference_clips]
+        frames = max(1, round(m.reference_seconds * fmt.frame_rate))
+        reference = embed([metrics_lib.decode_codes(model.audio_encoder, c.codes[:, :frames], fmt.channels) for c in chosen])
+        log.info("FAD reference: %d %s clips, %d %s embeddings", len(chosen),
+                 "held-out" if val_clips else "training", len(reference), m.fad_embedding)
+    if embed is None and clap is None:
+        return None
+    return metrics_lib.GenerationEvaluator(
+        prompts=tuple(prompts), seeds=tuple(m.seeds), seconds=m.seconds or cfg.sample.seconds,
+        sample_rate=fmt.sample_rate, reference=reference, embed=embed, clap=clap,
+        guidance=cfg.sample.guidance, top_k=cfg.sample.top_k, temperature=cfg.sample.temperature,
+    )
+
+
+def check_lora_targets(cfg: RunConfig, model) -> None:
+    """Raise LoraTargetError (naming the choices) for a target that matches no decoder module."""
+    model_lib.find_lora_targets(model, cfg.lora.targets)
+
+
 def lora_model(cfg: RunConfig, model):
     peft_model = model_lib.apply_lora(
         model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=cfg.lora.targets
@@ -165,8 +236,9 @@ def lora_model(cfg: RunConfig, model):
     if cfg.model.gradient_checkpointing:
         model_lib.enable_gradient_checkpointing(peft_model.get_base_model())
     if cfg.model.compile:
-        base = peft_model.get_base_model()
-        base.decoder.model = torch.compile(base.decoder.model)
+        # In place, after LoRA wrapping: the compiled graph includes the adapters, and parameter
+        # names keep no `_orig_mod.` prefix, so adapters and checkpoints save and load unchanged.
+        peft_model.get_base_model().decoder.model.compile()
     return peft_model
 
 
@@ -188,11 +260,55 @@ def optimizer_and_schedule(cfg: OptimConfig, max_steps: int, model, device: torc
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def trackers(cfg: RunConfig, run_dir: Path, is_main: bool, resumed_step: int = 0):
-    """All trackers of a run; only the main process tracks."""
+def trackers(
+    cfg: RunConfig, run_dir: Path, is_main: bool, resumed_step: int = 0, launch: Launch | None = None, world_size: int = 1
+):
+    """All trackers of a run: manifest.json, metrics.jsonl, W&B (unless disabled); only the main
+    process tracks."""
     if not is_main:
         return NullTracker()
-    return CompositeTracker([JsonlTracker(run_dir / "metrics.jsonl")])
+    manifest = build_manifest(cfg, launch or Launch(), world_size=world_size, resumed_step=resumed_step)
+    items = [ManifestTracker(run_dir / "manifest.json", manifest), JsonlTracker(run_dir / "metrics.jsonl")]
+    wandb = wandb_tracker(cfg, run_dir, manifest)
+    return CompositeTracker(items if wandb is None else [*items, wandb])
+
+
+def wandb_tracker(cfg: RunConfig, run_dir: Path, manifest: dict) -> WandbTracker | None:
+    """The W&B run: group = experiment, name = run directory, config = resolved config + manifest.
+    In auto mode an online start that fails (network, key) falls back to offline."""
+    mode = wandb_mode(cfg.tracking.wandb)
+    if mode == "disabled":
+        return None
+    commit = manifest["git"].get("commit") or "unknown"
+    lock = manifest["lock_sha256"].get("uv.lock") or "unknown"
+    tags = [f"git:{commit[:8]}", f"lock:{lock[:12]}", f"variant:{cfg.variant}", f"seed:{cfg.seed}"]
+    tags += ["dirty"] * bool(manifest["git"].get("dirty")) + list(cfg.tracking.tags)
+    options = {
+        "project": os.environ.get("WANDB_PROJECT") or cfg.tracking.project,
+        "entity": cfg.tracking.entity,
+        "group": cfg.experiment,
+        "job_type": "smoke" if cfg.smoke else "train",
+        "name": wandb_run_name(cfg, run_dir),
+        "tags": tags,
+        "config": redact({**to_dict(cfg), "manifest": manifest}),
+    }
+    try:
+        return WandbTracker(run_dir, mode=mode, **options)
+    except Exception as error:
+        if cfg.tracking.wandb != "auto" or mode != "online":
+            raise
+        log.warning("W&B online start failed (%s); logging offline into %s (sync later with `wandb sync`).",
+                    error, run_dir / "wandb")
+        return WandbTracker(run_dir, mode="offline", **options)
+
+
+def wandb_run_name(cfg: RunConfig, run_dir: Path) -> str:
+    """The run directory's name; an Azure job's output folder has a meaningless one, so there the
+    name is built from experiment, variant, seed and the job id."""
+    if run_dir.name.startswith(cfg.experiment):
+        return run_dir.name
+    job = os.environ.get("AZUREML_RUN_ID")
+    return f"{cfg.experiment}-{cfg.variant}-s{cfg.seed}" + (f"-{job}" if job else "")
 
 
 def adapter_is_finite(model) -> bool:

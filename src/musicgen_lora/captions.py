@@ -10,11 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
+MAX_LISTED = 10
+"""Files named in one fallback-caption warning before it says "and N more"."""
 
 
 def read_metadata(root: Path) -> tuple[dict[Path, str], list[str]]:
@@ -33,7 +36,7 @@ def read_metadata(root: Path) -> tuple[dict[Path, str], list[str]]:
                 if not file_name or text is None or not str(text).strip():
                     warnings.append(f"{metadata}:{line}: needs non-empty 'file_name' and 'text'")
                     continue
-                path = (metadata.parent / file_name).resolve()
+                path = Path(os.path.realpath(metadata.parent / file_name))  # never raises on a symlink loop
                 if not path.is_file():
                     warnings.append(f"{metadata}:{line}: names missing file {file_name!r}")
                     continue
@@ -58,19 +61,26 @@ def fallback_caption(path: Path, root: Path, template: str) -> str:
 
 def caption_files(
     files: list[Path], root: Path, template: str, use_metadata: bool = True
-) -> tuple[dict[Path, str], list[str]]:
-    """A caption for every file; warnings list metadata problems and files given the fallback."""
+) -> tuple[dict[Path, str], list[str], list[Path]]:
+    """A caption for every file, the metadata's problems as warnings, and the files that got the
+    fallback caption (the caller warns about those it keeps: see `fallback_warning`)."""
     captions, warnings = read_metadata(root) if use_metadata else ({}, [])
     result: dict[Path, str] = {}
-    fallback_count = 0
+    fallback: list[Path] = []
     for path in files:
-        caption = captions.get(path.resolve())
+        caption = captions.get(Path(os.path.realpath(path)))
         if caption is None:
             caption = fallback_caption(path, root, template)
-            fallback_count += 1
-            if use_metadata:
-                warnings.append(f"{path}: no caption in metadata; using {caption!r}")
+            fallback.append(path)
         result[path] = caption
-    if fallback_count and not use_metadata:
-        log.info("captions from template %r for %d files", template, fallback_count)
-    return result, warnings
+    if fallback and not use_metadata:
+        log.info("captions from template %r for %d files", template, len(fallback))
+    return result, warnings, fallback
+
+
+def fallback_warning(sources: list[str], template: str) -> str:
+    """One line, however many files: a folder without any metadata is common."""
+    shown = ", ".join(sources[:MAX_LISTED])
+    if len(sources) > MAX_LISTED:
+        shown += f" and {len(sources) - MAX_LISTED} more"
+    return f"{len(sources)} files have no caption in metadata; using the fallback caption {template!r}: {shown}"

@@ -70,8 +70,10 @@ def save_checkpoint(
     )
     (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
     _fsync_dir(tmp)
-    if final.exists():  # re-saving the same step (e.g. final save after a periodic one)
-        shutil.rmtree(final)
+    if final.exists():  # re-saving a step: move the old copy aside first, so a step_ folder is always whole
+        old = checkpoint_dir / f".old_step_{step:07d}"
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
     tmp.rename(final)
     _fsync_dir(checkpoint_dir)
     prune_checkpoints(checkpoint_dir, keep)
@@ -79,10 +81,16 @@ def save_checkpoint(
 
 
 def _fsync_dir(path: Path) -> None:
+    """Flush the files in `path` and the folder entry itself, so a rename lands after the data."""
     for file in path.iterdir() if path.is_dir() else []:
         if file.is_file():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
@@ -97,7 +105,7 @@ def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
     complete = list_checkpoints(checkpoint_dir)
     for old in complete[: max(0, len(complete) - max(1, keep))]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in checkpoint_dir.glob(".tmp_step_*"):
+    for stale in [*checkpoint_dir.glob(".tmp_step_*"), *checkpoint_dir.glob(".old_step_*")]:
         shutil.rmtree(stale, ignore_errors=True)
 
 

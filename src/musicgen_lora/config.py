@@ -37,6 +37,9 @@ class DataConfig:
     """DataLoader worker processes (0: load in the training process; windows come from memory)."""
     encode_batch_size: int = 8
     """Files of equal length encoded together when building the token cache."""
+    percussive: bool = False
+    """Encode percussive-emphasised audio (harmonic-percussive separation, drums only), applied once
+    before encoding, never per step; a separate token cache (its settings are in the cache key)."""
     demo_loops_per_style: int = 2
     """Variations per style of the built-in demo loops (6 styles), used when path is None."""
 
@@ -124,6 +127,9 @@ class SampleConfig:
     """Length of each sample."""
     guidance: float = 3.0
     """Classifier-free guidance scale (1: none)."""
+    extra_guidance: tuple[float, ...] = ()
+    """More guidance scales to sample at each evaluation, e.g. 1.0 for unguided samples to compare
+    (written as <tag>_g<scale>_<i>.wav, logged as samples/<base|adapter>_g<scale>)."""
     top_k: int = 250
     """Top-k sampling."""
     temperature: float = 1.0
@@ -132,6 +138,36 @@ class SampleConfig:
     """Seed of the samples, fixed so samples compare across steps and runs."""
     base_model: bool = True
     """Also sample the base model before training, as the reference."""
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    """Generation metrics at each evaluation and at the end: generate every prompt x seed and log
+    gen/fad (vs held-out clips) and gen/clap; the base model once as gen/fad_base, gen/clap_base."""
+    prompts: tuple[str, ...] = ()
+    """Fixed prompt set; empty: the sample prompts (sample.prompts, else up to 3 held-out captions)."""
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    """One clip per prompt and seed (fixed, so values compare across steps and runs)."""
+    seconds: float | None = None
+    """Length of each generated clip; None: sample.seconds. Guidance, top-k, temperature: sample.*."""
+    fad_embedding: Literal["encodec", "clap"] = "encodec"
+    """FAD embedding: the model's own EnCodec encoder latents (no download), or CLAP audio embeddings
+    (needs the CLAP weights; FAD is skipped with a notice without them)."""
+    fad_pooling: Literal["frames", "clip"] = "frames"
+    """encodec only. frames: every latent frame is a sample (as the original FAD; works with few
+    clips). clip: one mean+std vector per clip (needs many more clips than 2 x latent dims)."""
+    reference_clips: int = 32
+    """Held-out clips (the training clips when nothing is held out) forming the FAD reference."""
+    reference_seconds: float = 30.0
+    """Seconds taken from the start of each reference clip (decoded from its cached codes)."""
+    clap: Literal["auto", "download", "off"] = "auto"
+    """CLAP text-audio similarity. auto: only when the weights are in the local Hugging Face cache
+    (never waits on the network); download: fetch them if missing; off: skip."""
+    clap_model: str = "laion/clap-htsat-unfused"
+    """CLAP checkpoint (transformers ClapModel + ClapProcessor); audio is resampled to 48 kHz."""
+    base_model: bool = True
+    """Also score the base model (adapter disabled) once, logged as gen/*_base."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +200,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -180,6 +217,7 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "optim.lr": 2e-3,  # the tiny random model learns visibly in a few steps only at a high rate
     "optim.warmup_steps": 5,
     "sample.seconds": 1.0,
+    "metrics.seeds": (0,),  # one clip per prompt keeps generation metrics cheap on CPU
     "tracking.wandb": "disabled",  # an offline demo needs no account; pass --tracking.wandb offline to try it
 }
 """What --smoke changes: a full pipeline run on 2 CPU cores in well under two minutes."""

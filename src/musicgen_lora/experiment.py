@@ -16,7 +16,8 @@ from typing import Any
 import tyro
 
 from musicgen_lora.config import SMOKE_OVERRIDES, RunConfig, apply_overrides
-from musicgen_lora.model import ModelLoadError
+from musicgen_lora.manifest import Launch, now_iso
+from musicgen_lora.redact import install_log_redaction, redact
 
 Variants = dict[str, dict[str, Any]]
 
@@ -38,15 +39,26 @@ def resolve_config(base: RunConfig, variants: Variants, argv: list[str], experim
 
 def main(base: RunConfig, variants: Variants, *, script: str, description: str = "", argv: list[str] | None = None) -> int:
     """Parse the command line for the experiment in `script` and train; returns the exit code."""
+    launch = Launch(Path(script), tuple(sys.argv[1:] if argv is None else argv), start_time=now_iso())
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    experiment = Path(script).stem
-    cfg = resolve_config(base, variants, list(sys.argv[1:] if argv is None else argv), experiment, description)
-    from musicgen_lora.train import train
+    install_log_redaction()
+    cfg = resolve_config(base, variants, list(launch.argv), Path(script).stem, description)
+    sys.argv[:] = redact(sys.argv)  # parsed: nothing that reads it later (W&B metadata) can copy a secret
+    if cfg.output_dir is not None and cfg.tracking.wandb != "disabled":
+        # Inside an Azure ML job (which always passes --output-dir): the W&B key from Key Vault, or
+        # offline W&B in the run directory. Outside Azure ML this changes nothing.
+        from musicgen_lora.azure.secrets import configure_wandb_for_job
+
+        configure_wandb_for_job(cfg.output_dir)
+    from musicgen_lora.train import CONFIG_ERRORS, NonFiniteTrainingError, train
 
     try:
-        result = train(cfg)
-    except ModelLoadError as error:
-        print(f"error: {error}", file=sys.stderr)
+        result = train(cfg, launch=launch)
+    except CONFIG_ERRORS as error:  # the message says what to change; a traceback would bury it
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
+    except NonFiniteTrainingError as error:
+        print(f"error: {redact(str(error))}", file=sys.stderr)
+        return 1
     print(f"run directory: {result.run_dir}")
     return 0

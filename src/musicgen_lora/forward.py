@@ -26,14 +26,14 @@ class TextStateCache:
         # Captions are right-padded, so a caption's key is its unpadded token ids.
         keys = [tuple(row[: int(n)].tolist()) for row, n in zip(input_ids, attention_mask.sum(1), strict=True)]
         fresh: dict[tuple[int, ...], torch.Tensor] = {}
-        missing = [i for i, key in enumerate(keys) if key not in self._states]
-        if missing:
+        for key in dict.fromkeys(key for key in keys if key not in self._states):
+            # One caption at a time, unpadded: its states must not depend on which batch first held
+            # it (padding changes the float summation order), or a resumed run would drift.
+            ids = torch.tensor([key], dtype=input_ids.dtype, device=input_ids.device)
             with torch.no_grad():
-                states = text_encoder(input_ids=input_ids[missing], attention_mask=attention_mask[missing])
-            for row, i in enumerate(missing):
-                fresh[keys[i]] = states.last_hidden_state[row, : len(keys[i])]
-                if len(self._states) < self.max_entries:
-                    self._states[keys[i]] = fresh[keys[i]]
+                fresh[key] = text_encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+            if len(self._states) < self.max_entries:
+                self._states[key] = fresh[key]
         rows = [self._states.get(key, fresh.get(key)) for key in keys]
         # Padding positions stay zero: MusicGen multiplies text states by the attention mask anyway.
         out = rows[0].new_zeros((len(rows), input_ids.shape[1], rows[0].shape[-1]))
@@ -43,12 +43,20 @@ class TextStateCache:
 
 
 def text_states(model, batch: dict[str, torch.Tensor], cache: TextStateCache | None) -> torch.Tensor:
-    """T5 hidden states of the batch's captions (never trained, so always without gradient)."""
-    text_encoder = model.get_encoder() if hasattr(model, "get_encoder") else model.text_encoder
-    if cache is not None:
-        return cache.encode(text_encoder, batch["input_ids"], batch["attention_mask"])
-    with torch.no_grad():
-        return text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    """T5 hidden states of the batch's captions. T5 is frozen: no gradient, and eval mode (no dropout)
+    even while the decoder trains, so the states equal those `generate()` sees and a cached state is
+    exactly what T5 would compute again (audiocraft also keeps its frozen T5 in eval mode)."""
+    inner = getattr(model, "module", model)  # under DistributedDataParallel: T5 is frozen, call it directly
+    text_encoder = inner.get_encoder() if hasattr(inner, "get_encoder") else inner.text_encoder
+    training = text_encoder.training
+    text_encoder.eval()
+    try:
+        if cache is not None:
+            return cache.encode(text_encoder, batch["input_ids"], batch["attention_mask"])
+        with torch.no_grad():
+            return text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    finally:
+        text_encoder.train(training)
 
 
 def forward_loss(model, batch: dict[str, torch.Tensor], cache: TextStateCache | None = None):

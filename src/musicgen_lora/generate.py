@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,12 +97,16 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 @dataclass(frozen=True)
 class GenerateArgs:
-    """Generate audio from text prompts with a base MusicGen and a LoRA adapter."""
+    """Generate audio from text prompts with a base MusicGen and a LoRA adapter: --prompt for a few
+    clips, or --batch prompts.jsonl for one WAV per line (plus index.jsonl) in the --out folder."""
 
-    prompt: tuple[str, ...]
-    """One or more text prompts."""
     out: Path
-    """Output WAV (one prompt), or a .wav stem / folder for several prompts."""
+    """Output WAV (one prompt), a .wav stem / folder for several prompts, or the folder of a batch."""
+    prompt: tuple[str, ...] = ()
+    """One or more text prompts (or use --batch)."""
+    batch: Path | None = None
+    """JSONL file, one object per line: prompt (required), seconds, seed, guidance, name (optional;
+    defaults: the flags below). Bad lines are reported with their line number and skipped."""
     adapter: Path | None = None
     """Adapter folder (a run's adapter/); None generates with the base model alone."""
     model: str | None = None
@@ -121,11 +129,13 @@ class GenerateArgs:
 
 def main(argv: list[str]) -> int:
     args = tyro.cli(GenerateArgs, args=argv, prog="musicgen-lora generate")
-    if args.adapter is not None:
-        model, tokenizer = load_with_adapter(args.adapter, args.model, args.device)
-    else:
-        model, tokenizer = load_musicgen(args.model or "facebook/musicgen-small")
-        model = model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if bool(args.prompt) == (args.batch is not None):
+        print("error: give either --prompt (one or more prompts) or --batch prompts.jsonl, not both and not neither",
+              file=sys.stderr)
+        return 2
+    if args.batch is not None:
+        return _main_batch(args)
+    model, tokenizer = _load(args)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     rate = audio_format(base).sample_rate
     audio = generate_audio(
@@ -143,3 +153,144 @@ def main(argv: list[str]) -> int:
         write_wav(path, clip, rate)
         print(f"{path}  {clip.shape[-1] / rate:.2f} s  {prompt!r}")
     return 0
+
+
+def _load(args: GenerateArgs):
+    if args.adapter is not None:
+        return load_with_adapter(args.adapter, args.model, args.device)
+    model, tokenizer = load_musicgen(args.model or "facebook/musicgen-small")
+    return model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
+
+
+# ----------------------------------------------------------------------------- batch mode
+
+BATCH_FIELDS = ("prompt", "seconds", "seed", "guidance", "name")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    line: int
+    prompt: str
+    seconds: float
+    seed: int
+    guidance: float
+    name: str
+    """Output file stem: the line's `name`, else line<NNNN>."""
+
+
+BatchError = tuple[int, str]
+"""(line number, what is wrong with it)."""
+
+
+def parse_batch(lines: Iterable[str], *, seconds: float, seed: int, guidance: float) -> tuple[list[BatchJob], list[BatchError]]:
+    """(jobs, errors) for the lines of a prompts file. Blank lines are ignored; fields a line
+    omits take the given defaults."""
+    jobs: list[BatchJob] = []
+    errors: list[BatchError] = []
+    names: set[str] = set()
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            job = _parse_line(text, number, seconds, seed, guidance)
+            if job.name in names:
+                raise ValueError(f"duplicate name {job.name!r}")
+        except ValueError as error:
+            errors.append((number, str(error)))
+            continue
+        names.add(job.name)
+        jobs.append(job)
+    return jobs, errors
+
+
+def _parse_line(text: str, number: int, seconds: float, seed: int, guidance: float) -> BatchJob:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"invalid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError('expected a JSON object such as {"prompt": "techno drum loop", "seconds": 8}')
+    unknown = sorted(set(record) - set(BATCH_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(BATCH_FIELDS)})")
+    prompt = record.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("'prompt' is missing or not a non-empty string")
+    name = record.get("name", f"line{number:04d}")
+    if not isinstance(name, str) or not _NAME.match(name.removesuffix(".wav")):
+        raise ValueError(f"'name' {name!r} must be a plain file name (letters, digits, . _ -)")
+    return BatchJob(
+        line=number,
+        prompt=prompt.strip(),
+        seconds=_number(record, "seconds", seconds, minimum=0.0),
+        seed=int(_number(record, "seed", seed, minimum=0, integer=True)),
+        guidance=_number(record, "guidance", guidance, minimum=0.0),
+        name=name.removesuffix(".wav"),
+    )
+
+
+def _number(record: dict, key: str, default: float, *, minimum: float, integer: bool = False) -> float:
+    value = record.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"'{key}' must be a number, got {value!r}")
+    if integer and value != int(value):
+        raise ValueError(f"'{key}' must be an integer, got {value!r}")
+    if value < minimum or (not integer and value == minimum):
+        raise ValueError(f"'{key}' must be {'at least' if integer else 'more than'} {minimum:g}, got {value!r}")
+    return value
+
+
+def generate_batch(model, tokenizer, jobs: list[BatchJob], out: Path, *, top_k: int = 250, temperature: float = 1.0,
+                   greedy: bool = False) -> tuple[list[dict], list[BatchError]]:
+    """One WAV per job in `out` and index.jsonl listing what was written; (index rows, errors).
+
+    Each line is generated on its own with its own seed, so its audio does not depend on the other
+    lines. A line that fails is reported and skipped; the batch goes on.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    rate = audio_format(base).sample_rate
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    errors: list[BatchError] = []
+    with open(out / "index.jsonl", "w", encoding="utf-8") as index:
+        for job in jobs:
+            try:
+                clip = generate_audio(
+                    model, tokenizer, [job.prompt], seconds=job.seconds, guidance=job.guidance,
+                    top_k=top_k, temperature=temperature, seed=job.seed, greedy=greedy,
+                )[0]
+                path = out / f"{job.name}.wav"
+                write_wav(path, clip, rate)
+            except Exception as error:  # one failed line never aborts the batch
+                errors.append((job.line, f"generation failed: {type(error).__name__}: {error}"))
+                continue
+            row = {
+                "file": path.name, "prompt": job.prompt, "seconds": job.seconds, "seed": job.seed,
+                "guidance": job.guidance, "duration": round(clip.shape[-1] / rate, 4), "line": job.line,
+            }
+            index.write(json.dumps(row, ensure_ascii=False) + "\n")
+            index.flush()
+            rows.append(row)
+            print(f"{path}  {row['duration']:.2f} s  {job.prompt!r}")
+    return rows, errors
+
+
+def _main_batch(args: GenerateArgs) -> int:
+    try:
+        lines = args.batch.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"error: cannot read {args.batch}: {error}", file=sys.stderr)
+        return 2
+    jobs, errors = parse_batch(lines, seconds=args.seconds, seed=args.seed, guidance=args.guidance)
+    rows: list[dict] = []
+    if jobs:
+        model, tokenizer = _load(args)
+        rows, failed = generate_batch(
+            model, tokenizer, jobs, args.out, top_k=args.top_k, temperature=args.temperature, greedy=args.greedy
+        )
+        errors += failed
+    for line, error in sorted(errors):
+        print(f"{args.batch}:{line}: {error}", file=sys.stderr)
+    print(f"{len(rows)} of {len(rows) + len(errors)} lines written to {args.out} (index.jsonl); {len(errors)} skipped")
+    return 0 if rows else 1

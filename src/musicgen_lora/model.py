@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 import torch
 from transformers import (
@@ -54,12 +58,11 @@ class AudioFormat:
         return self.codebook_size
 
 
-def build_tiny_musicgen(seed: int = 0) -> MusicgenForConditionalGeneration:
-    """A random MusicGen with the real architecture at toy size: 32 kHz, 50 Hz frames, 4 codebooks.
+def tiny_musicgen_config() -> MusicgenConfig:
+    """The real MusicGen architecture at toy size: 32 kHz, 50 Hz frames, 4 codebooks.
 
     The codec is coherent with the decoder (codebook size == decoder vocab, 4 quantizers at the
     2.2 kbps bandwidth), so encode -> train -> generate -> decode runs exactly as on the real model.
-    Weights depend only on `seed`, so an adapter trained on it can be re-applied later.
     """
     text_encoder = T5Config(
         vocab_size=384,  # ByT5's byte vocabulary: the offline tokenizer needs no files
@@ -95,7 +98,36 @@ def build_tiny_musicgen(seed: int = 0) -> MusicgenForConditionalGeneration:
         max_position_embeddings=4096,
         dropout=0.0,
     )
-    config = MusicgenConfig(text_encoder=text_encoder, audio_encoder=audio_encoder, decoder=decoder)
+    return MusicgenConfig(text_encoder=text_encoder, audio_encoder=audio_encoder, decoder=decoder)
+
+
+def small_musicgen_config() -> MusicgenConfig:
+    """facebook/musicgen-small's architecture (T5-base, EnCodec 32 kHz, 24-layer 1024-wide decoder),
+    written out so speed and memory can be measured with random weights and no download."""
+    text_encoder = T5Config(
+        vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
+        feed_forward_proj="relu", relative_attention_num_buckets=32, decoder_start_token_id=0,
+    )
+    audio_encoder = EncodecConfig(
+        sampling_rate=32000, audio_channels=1, num_filters=64, hidden_size=128, codebook_dim=128,
+        codebook_size=2048, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[2.2],
+        num_residual_layers=1, num_lstm_layers=2, use_causal_conv=False, normalize=False,
+        compress=2, kernel_size=7, last_kernel_size=7, residual_kernel_size=3, dilation_growth_rate=2,
+    )
+    decoder = MusicgenDecoderConfig(
+        vocab_size=2048, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096,
+        num_codebooks=4, max_position_embeddings=2048, dropout=0.1, activation_function="gelu",
+    )
+    return MusicgenConfig(text_encoder=text_encoder, audio_encoder=audio_encoder, decoder=decoder)
+
+
+RANDOM_ARCHITECTURES = {"tiny": tiny_musicgen_config, "small": small_musicgen_config}
+"""Architectures `build_random_musicgen` builds in code: tiny for tests, small for benchmarks."""
+
+
+def build_random_musicgen(architecture: Literal["tiny", "small"] = "tiny", seed: int = 0) -> MusicgenForConditionalGeneration:
+    """A MusicGen with random weights (no download); weights depend only on `architecture` and `seed`."""
+    config = RANDOM_ARCHITECTURES[architecture]()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MusicgenForConditionalGeneration(config)
@@ -105,6 +137,12 @@ def build_tiny_musicgen(seed: int = 0) -> MusicgenForConditionalGeneration:
     )
     configure_special_tokens(model)
     return model.eval()
+
+
+def build_tiny_musicgen(seed: int = 0) -> MusicgenForConditionalGeneration:
+    """The tiny random MusicGen of the tests and --smoke (see `tiny_musicgen_config`). Weights
+    depend only on `seed`, so an adapter trained on it can be re-applied later."""
+    return build_random_musicgen("tiny", seed)
 
 
 def _init_codebooks_from_audio(model: MusicgenForConditionalGeneration, seconds: float = 8.0) -> None:
@@ -148,19 +186,26 @@ def load_musicgen(
     Fails with a message naming the offline alternatives when the weights cannot be reached.
     """
     if name == TINY_MODEL:
-        return build_tiny_musicgen().to(dtype), tiny_tokenizer()
+        model = build_tiny_musicgen().to(dtype)
+        model.set_attn_implementation(_decoder_attention(attn_implementation))
+        return model, tiny_tokenizer()
+    local = Path(name).expanduser()
+    # Without a network, from_pretrained retries for most of a minute before failing: decide once,
+    # quickly, and then read only the local Hugging Face cache.
+    offline = not local.exists() and hub_unreachable()
     try:
         model = MusicgenForConditionalGeneration.from_pretrained(
-            name, revision=revision, dtype=dtype, attn_implementation=attn_implementation
+            name, revision=revision, dtype=dtype, attn_implementation=_decoder_attention(attn_implementation),
+            local_files_only=offline,
         )
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, local_files_only=offline)
     except (OSError, ValueError) as error:
-        local = Path(name).expanduser()
-        where = (
-            f"the local folder {local} holds no MusicGen checkpoint"
-            if local.exists()
-            else f"{name!r} could not be downloaded (offline, or no such model id)"
-        )
+        if local.exists():
+            where = f"the local folder {local} holds no MusicGen checkpoint"
+        elif offline:
+            where = f"{name!r} is not in the local Hugging Face cache and the Hub cannot be reached (offline)"
+        else:
+            where = f"{name!r} could not be downloaded (no such model id, or no access)"
         raise ModelLoadError(
             f"Cannot load MusicGen model {name!r}: {where}.\n"
             "  - for the offline CPU demo, run with --smoke (tiny random model + demo loops);\n"
@@ -171,6 +216,29 @@ def load_musicgen(
     model.audio_encoder.float()
     configure_special_tokens(model)
     return model.eval(), tokenizer
+
+
+def _decoder_attention(attn_implementation: str) -> dict[str, str]:
+    # For the decoder only: a plain string also applies to EnCodec, which has no SDPA, and
+    # transformers 5 then refuses to load any MusicGen checkpoint ("EncodecModel does not support").
+    return {"decoder": attn_implementation}
+
+
+def hub_unreachable(timeout: float = 3.0) -> bool:
+    """True in offline mode (HF_HUB_OFFLINE=1) or when one short TCP connect to the Hub fails.
+    Behind a proxy the direct connect proves nothing, so the Hub counts as reachable there."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return True
+    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout).close()
+    except OSError:
+        return True
+    return False
 
 
 def configure_special_tokens(model: MusicgenForConditionalGeneration) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import tyro
 
-from musicgen_lora.builders import default_cache_dir
+from musicgen_lora.builders import default_cache_dir, percussive_encoder
 from musicgen_lora.model import ModelLoadError, audio_format, codec_identity, load_musicgen
 from musicgen_lora.tokens import (
     CacheMismatchError,
@@ -39,6 +39,8 @@ class PrepareArgs:
     """Files of equal length encoded together."""
     device: str | None = None
     """cuda or cpu; default: cuda when available."""
+    percussive: bool = False
+    """Encode percussive-emphasised audio (as --data.percussive in training: a separate cache)."""
 
 
 def main(argv: list[str]) -> int:
@@ -53,12 +55,15 @@ def main(argv: list[str]) -> int:
     model.audio_encoder.to(device)
     fmt = audio_format(model)
     codec_id = codec_identity(model, args.model)
-    cache = args.cache or default_cache_dir(args.data, codec_id)
+    encoder, preprocessing = codec_encoder(model.audio_encoder, fmt, device), None
+    if args.percussive:
+        encoder, preprocessing = percussive_encoder(encoder)
+    cache = args.cache or default_cache_dir(args.data, codec_id + ("-percussive" if preprocessing else ""))
     try:
         result = prepare_cache(
-            args.data, cache, encoder=codec_encoder(model.audio_encoder, fmt, device), fmt=fmt,
+            args.data, cache, encoder=encoder, fmt=fmt,
             codec_id=codec_id, caption_template=args.caption_template, use_metadata=args.use_metadata,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size, preprocessing=preprocessing,
         )
     except (NoUsableAudioError, CacheMismatchError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -26,7 +26,7 @@ import torch
 from filelock import FileLock
 
 from musicgen_lora.audio import AudioError, find_audio_files, load_audio
-from musicgen_lora.captions import caption_files
+from musicgen_lora.captions import caption_files, fallback_warning
 from musicgen_lora.model import AudioFormat
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,10 @@ class PrepareResult:
     warnings: list[str]
 
     def summary(self) -> str:
-        reused = len(self.entries) - self.encoded
+        distinct = len({entry.key for entry in self.entries})  # identical files share one encoding
         return (
-            f"token cache: {len(self.entries)} usable files ({self.encoded} encoded, {reused} reused), "
+            f"token cache: {len(self.entries)} usable files ({distinct} distinct: {self.encoded} encoded, "
+            f"{distinct - self.encoded} reused), "
             f"{len(self.skipped)} skipped" + (" (see skipped.json)" if self.skipped else "")
         )
 
@@ -93,8 +94,11 @@ def atomic_write_json(path: Path, payload) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode())
 
 
-def cache_identity(codec_id: str, fmt: AudioFormat) -> dict:
-    return {"version": CACHE_VERSION, "codec_id": codec_id, **asdict(fmt)}
+def cache_identity(codec_id: str, fmt: AudioFormat, preprocessing: dict | None = None) -> dict:
+    identity = {"version": CACHE_VERSION, "codec_id": codec_id, **asdict(fmt)}
+    if preprocessing:  # only when set: caches made without preprocessing keep their keys
+        identity["preprocessing"] = preprocessing
+    return identity
 
 
 def check_cache_identity(cache_dir: Path, identity: dict) -> None:
@@ -135,8 +139,12 @@ def prepare_cache(
     caption_template: str = "{folder} loop",
     use_metadata: bool = True,
     batch_size: int = 8,
+    preprocessing: dict | None = None,
 ) -> PrepareResult:
     """Encode every usable audio file under `data_dir` that the cache lacks; write the manifest.
+
+    `preprocessing`: settings of any offline transform the `encoder` applies before encoding (e.g.
+    percussive emphasis); part of the cache identity and of every key, so codes never mix.
 
     Bad files never stop the run: each is listed with its reason in skipped.json. Identical files
     are encoded once. Raises NoUsableAudioError when nothing usable remains. Safe to run from two
@@ -146,7 +154,7 @@ def prepare_cache(
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    identity = cache_identity(codec_id, fmt)
+    identity = cache_identity(codec_id, fmt, preprocessing)
     check_cache_identity(cache_dir, identity)
     with FileLock(str(cache_dir / ".lock")):
         atomic_write_json(cache_dir / "cache.json", identity)
@@ -156,9 +164,16 @@ def prepare_cache(
 
 
 def _prepare_locked(data_dir, cache_dir, encoder, fmt, identity, caption_template, use_metadata, batch_size):
-    files = list(find_audio_files(data_dir))
-    captions, warnings = caption_files(files, data_dir, caption_template, use_metadata)
-    skipped: list[dict] = []
+    for stale in [*cache_dir.glob(".*.tmp"), *cache_dir.glob("codes/.*.tmp")]:
+        stale.unlink(missing_ok=True)  # left by a killed prepare; we hold the lock, nobody else writes
+    files, skipped = [], []
+    for path in find_audio_files(data_dir):
+        problem = _not_a_file(path)
+        if problem:
+            skipped.append({"source": path.relative_to(data_dir).as_posix(), "reason": problem})
+        else:
+            files.append(path)
+    captions, warnings, fallback = caption_files(files, data_dir, caption_template, use_metadata)
     entries: list[CacheEntry] = []
     pending: dict[str, list[tuple[Path, str, str]]] = defaultdict(list)  # key -> [(path, sha, caption)]
     for path in files:
@@ -176,6 +191,9 @@ def _prepare_locked(data_dir, cache_dir, encoder, fmt, identity, caption_templat
             pending[key].append((path, sha, captions[path]))
     encoded = _encode_pending(pending, cache_dir, encoder, fmt, batch_size, data_dir, entries, skipped)
     entries.sort(key=lambda entry: entry.source)
+    uncaptioned = {path.relative_to(data_dir).as_posix() for path in fallback}
+    if use_metadata and (kept := [entry.source for entry in entries if entry.source in uncaptioned]):
+        warnings.append(fallback_warning(kept, caption_template))
     atomic_write_json(cache_dir / "manifest.json", {"identity": identity, "entries": [asdict(e) for e in entries]})
     atomic_write_json(cache_dir / "skipped.json", skipped)
     for warning in warnings:
@@ -188,6 +206,15 @@ def _prepare_locked(data_dir, cache_dir, encoder, fmt, identity, caption_templat
             f"Supported: wav, flac, ogg, mp3, aiff; see {cache_dir / 'skipped.json'}."
         )
     return result
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why `path` cannot even be read as a file (a symlink loop, a dangling link, a FIFO), or None."""
+    if not path.exists():  # exists() is False for a dangling or looping link, never raises
+        return "unreadable: broken or looping symlink"
+    if not path.is_file():
+        return "unreadable: not a regular file"
+    return None
 
 
 def _frames(code_file: Path) -> int:

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import json
 import math
+import netrc
+import os
+import random
+import re
+import string
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import numpy as np
+
+from musicgen_lora.redact import redact
 
 
 class Tracker(Protocol):
@@ -42,7 +50,8 @@ class JsonlTracker:
 
     def __init__(self, path: Path):
         self.path = path
-        self.start = time.time()
+        # A resumed run continues the clock where its (truncated) metrics file stops.
+        self.start = time.time() - _last_time(path)
         # Kept open for the whole run (closed in finish); append: a resumed run continues the file.
         self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
@@ -62,6 +71,13 @@ class JsonlTracker:
         self._handle.close()
 
 
+def _last_time(path: Path) -> float:
+    if not path.exists():
+        return 0.0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return float(json.loads(lines[-1]).get("time", 0.0)) if lines else 0.0
+
+
 def _json_number(value):
     value = float(value) if isinstance(value, int | float | np.floating | np.integer) else value
     if isinstance(value, float) and not math.isfinite(value):
@@ -78,6 +94,7 @@ class CompositeTracker:
             tracker.log(metrics, step)
 
     def log_audio(self, key, audio, sample_rate, captions, step):
+        captions = redact(list(captions))  # prompts come from flags and metadata: no secret leaves
         for tracker in self.trackers:
             tracker.log_audio(key, audio, sample_rate, captions, step)
 
@@ -100,3 +117,100 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---- Weights & Biases ---------------------------------------------------------------------------
+
+WANDB_STEP = "global_step"
+"""Every W&B metric is plotted against this key, so train/, val/, perf/ and samples share one axis
+(and a resumed run can re-log steps W&B's own monotonic _step has passed)."""
+WANDB_RUN_ID_FILE = "wandb_run_id"
+"""In the run directory: the W&B run id, so a resumed run continues the same W&B run."""
+WANDB_RUN_FILE = "wandb_run.json"
+"""In the run directory: id, mode, project, entity and URL of the W&B run (read by reports)."""
+
+
+def wandb_credentials_present() -> bool:
+    """A W&B API key in the environment, or a `wandb login` entry in the netrc file."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode(setting: str) -> str:
+    """online / offline / disabled. auto: $WANDB_MODE when set (the Azure job sets offline when it
+    has no key), else online with credentials, offline without."""
+    if setting != "auto":
+        return setting
+    env_mode = os.environ.get("WANDB_MODE", "").lower()
+    if env_mode in ("online", "offline", "disabled"):
+        return env_mode
+    if env_mode == "dryrun":
+        return "offline"
+    return "online" if wandb_credentials_present() else "offline"
+
+
+def _new_run_id() -> str:
+    """8 random lowercase letters and digits, like W&B's own ids (not from the seeded RNGs)."""
+    return "".join(random.SystemRandom().choices(string.ascii_lowercase + string.digits, k=8))
+
+
+def _artifact_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:128]
+
+
+def _wandb_audio_array(clip: np.ndarray) -> np.ndarray:
+    """(channels, samples) -> what wandb.Audio writes: (samples,) mono or (samples, channels)."""
+    clip = np.asarray(clip, dtype=np.float32)
+    return clip[0] if clip.shape[0] == 1 else clip.T
+
+
+class WandbTracker:
+    """Mirrors the JSONL metrics to a W&B run (online, or offline into run_dir/wandb for a later
+    `wandb sync`), with audio samples and the final adapter as a model artifact."""
+
+    def __init__(self, run_dir: Path, *, mode: str, project: str, entity: str | None, group: str,
+                 job_type: str, name: str, tags: list[str], config: dict):
+        import wandb
+
+        self.wandb = wandb
+        self.run_dir = Path(run_dir)
+        id_file = self.run_dir / WANDB_RUN_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.exists() else _new_run_id()
+        id_file.write_text(run_id + "\n")
+        self.run = wandb.init(
+            id=run_id, resume="allow", mode=mode, dir=str(self.run_dir), project=project, entity=entity,
+            group=group, job_type=job_type, name=name, tags=[tag[:64] for tag in tags], config=config,
+        )
+        self.run.define_metric(WANDB_STEP)
+        self.run.define_metric("*", step_metric=WANDB_STEP)
+        record = {"id": run_id, "mode": mode, "project": project, "entity": entity or self.run.entity or None,
+                  "name": name, "url": self.run.url if mode == "online" else None}
+        (self.run_dir / WANDB_RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+    def log(self, metrics, step):
+        self.run.log({**metrics, WANDB_STEP: step})
+
+    def log_audio(self, key, audio, sample_rate, captions, step):
+        clips = [
+            self.wandb.Audio(_wandb_audio_array(clip), sample_rate=sample_rate, caption=caption)
+            for clip, caption in zip(audio, captions, strict=True)
+        ]
+        self.run.log({key: clips, WANDB_STEP: step})
+
+    def log_adapter(self, path, name):
+        path = Path(path)
+        config_file = path / "adapter_config.json"
+        metadata = json.loads(config_file.read_text()) if config_file.exists() else {}
+        # Named after the W&B run: unique where the run directory's name is not (an Azure job's output).
+        artifact = self.wandb.Artifact(_artifact_name(f"adapter-{self.run.name}"), type="model", metadata=metadata)
+        artifact.add_dir(str(path))
+        self.run.log_artifact(artifact, aliases=["latest", "final"])
+
+    def finish(self, outcome):
+        self.run.summary["outcome"] = outcome
+        self.run.finish(exit_code=0 if outcome == "completed" else 1)

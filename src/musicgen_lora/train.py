@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -29,14 +30,26 @@ from musicgen_lora.checkpoint import (
     set_rng_state,
 )
 from musicgen_lora.config import RunConfig, to_dict
-from musicgen_lora.data import DrawSampler
+from musicgen_lora.data import DataConfigError, DrawSampler
 from musicgen_lora.forward import TextStateCache, forward_loss
 from musicgen_lora.generate import generate_audio, write_wav
 from musicgen_lora.loss import add_stats, codebook_metrics
-from musicgen_lora.tokens import atomic_write_json
+from musicgen_lora.manifest import Launch
+from musicgen_lora.model import LoraTargetError, ModelLoadError
+from musicgen_lora.redact import redact
+from musicgen_lora.tokens import (
+    CacheMismatchError,
+    NoUsableAudioError,
+    atomic_write_bytes,
+    atomic_write_json,
+)
 from musicgen_lora.tracking import run_name
 
 log = logging.getLogger(__name__)
+
+
+CONFIG_ERRORS = (ModelLoadError, LoraTargetError, CacheMismatchError, NoUsableAudioError, DataConfigError)
+"""Errors raised before training starts whose message says which setting to change."""
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -52,7 +65,11 @@ class TrainResult:
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
+    # Several processes without a GPU (torchrun --nproc_per_node N): accelerate joins them over gloo
+    # only when told cpu=True; otherwise every process would silently train alone.
+    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(
+        cpu=cpu_processes,
         mixed_precision=builders.mixed_precision(cfg.train.mixed_precision),
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         # The loader yields global batches that accelerate splits across processes, so the data a
@@ -69,21 +86,24 @@ def resolve_run_dir(cfg: RunConfig, accelerator: Accelerator) -> Path:
     return Path(names[0])
 
 
-def train(cfg: RunConfig, accelerator: Accelerator | None = None) -> TrainResult:
+def train(cfg: RunConfig, accelerator: Accelerator | None = None, launch: Launch | None = None) -> TrainResult:
+    """`launch` (script, arguments, start time) goes into the run's manifest.json."""
     accelerator = accelerator or make_accelerator(cfg)
     run_dir = resolve_run_dir(cfg, accelerator)
     main = accelerator.is_main_process
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", to_dict(cfg))
+        atomic_write_json(run_dir / "config.json", redact(to_dict(cfg)))  # no secret passed as a flag
     set_seed(cfg.seed)
 
     model, tokenizer = builders.base_model(cfg.model, accelerator.device)
     fmt = builders.audio_format(model)
+    builders.check_lora_targets(cfg, model)  # a typo in --lora.targets fails now, not after encoding
     with accelerator.main_process_first():  # rank 0 encodes; the others then find the cache complete
         cache_dir = builders.token_cache(cfg, model, fmt, accelerator.device, log_summary=main)
     silence = builders.silence_codes(model, fmt, accelerator.device) if cfg.data.pad_mode == "zero_pad_legacy" else None
     data = builders.training_data(cfg, cache_dir, fmt, accelerator.num_processes, silence, tokenizer)
+    evaluator = builders.generation_evaluator(cfg, model, cache_dir, data.sample_prompts, accelerator.device) if main else None
     model = builders.lora_model(cfg, model)
     optimizer, scheduler = builders.optimizer_and_schedule(cfg.optim, cfg.train.max_steps, model, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -104,9 +124,11 @@ def train(cfg: RunConfig, accelerator: Accelerator | None = None) -> TrainResult
             _truncate_metrics(run_dir / "metrics.jsonl", step)
             log.info("resumed from %s at step %d", checkpoints[-1], step)
 
-    tracker = builders.trackers(cfg, run_dir, main, resumed_step=step)
+    tracker = builders.trackers(
+        cfg, run_dir, main, resumed_step=step, launch=launch, world_size=accelerator.num_processes
+    )
     try:
-        result = _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, scheduler, data, tracker, state, step)
+        result = _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, scheduler, data, tracker, state, step, evaluator)
     except BaseException:
         tracker.finish("failed")
         raise
@@ -114,7 +136,7 @@ def train(cfg: RunConfig, accelerator: Accelerator | None = None) -> TrainResult
     return result
 
 
-def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, scheduler, data, tracker, state, step) -> TrainResult:
+def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, scheduler, data, tracker, state, step, evaluator=None) -> TrainResult:
     main = accelerator.is_main_process
     scaler = accelerator.scaler
     text_cache = TextStateCache() if cfg.train.cache_text_states else None
@@ -133,6 +155,9 @@ def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, schedule
 
     if step == 0 and main and cfg.sample.base_model:
         _write_samples(cfg, model, tokenizer, data.sample_prompts, run_dir, "base", tracker, step, accelerator)
+    base_metrics = {}
+    if step == 0 and main:
+        base_metrics = _generation_metrics(cfg, evaluator, model, tokenizer, tracker, step, accelerator, adapter=False, base=True)
     accelerator.wait_for_everyone()
 
     frames_per_step = draws_per_step * data.frames
@@ -141,27 +166,36 @@ def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, schedule
     window_stats, window_loss, step_times = None, [], []
     tick = time.perf_counter()
     val_loss = None
+    step_stats, step_loss = None, []
     for batch in loader:
         with accelerator.accumulate(model):
             loss, stats = forward_loss(model, batch, text_cache)
             accelerator.backward(loss)
-            window_stats = add_stats(window_stats, stats)
-            window_loss.append(loss.detach())
+            step_stats = add_stats(step_stats, stats)
+            step_loss.append(loss.detach())
             if not accelerator.sync_gradients:
                 continue
             grad_norm = accelerator.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm or math.inf
             )
-            finite = bool(torch.isfinite(grad_norm))
+            # Every process decides alike: the loss sum is reduced, the grad norm is already global.
+            loss_sum = accelerator.reduce(torch.stack(step_loss).sum(), reduction="sum")
+            finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(loss_sum))
             if finite or scaler is not None:
                 optimizer.step()  # with fp16 the grad scaler skips a non-finite step and lowers its scale
             if finite:
                 scheduler.step()
                 state["consecutive_bad"] = 0
+                window_stats = add_stats(window_stats, step_stats)  # a skipped step's NaNs are not averaged in
+                window_loss.extend(step_loss)
             else:
                 state["skipped_steps"] += 1
                 state["consecutive_bad"] += 1
+                if main:
+                    log.warning("step %d skipped: non-finite loss or gradient norm (%d in a row, %d in all)",
+                                step + 1, state["consecutive_bad"], state["skipped_steps"])
             optimizer.zero_grad(set_to_none=True)
+            step_stats, step_loss = None, []
         step += 1
         state["draws"] = step * draws_per_step
         step_times.append(time.perf_counter() - tick)
@@ -173,19 +207,28 @@ def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, schedule
                 f"{state['consecutive_bad']} consecutive steps had a non-finite loss or gradient (step {step}); "
                 "the last good checkpoint is kept. Lower --optim.lr, or use --train.mixed-precision bf16/no."
             )
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            metrics = _train_metrics(accelerator, window_stats, window_loss, step_times, frames_per_step, data, scheduler, grad_norm, state)
-            tracker.log(metrics, step)
-            progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", fps=f"{metrics['perf/frames_per_s']:.0f}")
-            window_stats, window_loss, step_times = None, [], []
         last = step == cfg.train.max_steps
+        checkpoint_due = bool(cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or last
+        # Logging at every checkpoint too closes the averaging window there, so a resumed run logs
+        # exactly the records the uninterrupted run logs.
+        if step % cfg.train.log_every == 0 or checkpoint_due:
+            if window_stats is None:  # every step since the last log was skipped
+                metrics = {"train/skipped_steps": state["skipped_steps"], "train/grad_norm": float(grad_norm)}
+            else:
+                metrics = _train_metrics(accelerator, window_stats, window_loss, step_times, frames_per_step, data, scheduler, grad_norm, state)
+                progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", fps=f"{metrics['perf/frames_per_s']:.0f}")
+            tracker.log(metrics, step)
+            window_stats, window_loss, step_times = None, [], []
         if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
             val_loss = _evaluate(cfg, model, data, text_cache, accelerator, tracker, step)
             if main:
                 tag = "final" if last else f"step_{step:07d}"
                 _write_samples(cfg, model, tokenizer, data.sample_prompts, run_dir, tag, tracker, step, accelerator)
+                _generation_metrics(
+                    cfg, evaluator, model, tokenizer, tracker, step, accelerator, adapter=True, base=last, base_metrics=base_metrics
+                )
             accelerator.wait_for_everyone()
-        if (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or last:
+        if checkpoint_due:
             _checkpoint(cfg, run_dir, step, model, optimizer, scheduler, scaler, state, accelerator)
         tick = time.perf_counter()
     progress.close()
@@ -248,14 +291,32 @@ def _write_samples(cfg, model, tokenizer, prompts, run_dir, tag, tracker, step, 
     if not prompts:
         return
     unwrapped = accelerator.unwrap_model(model)
-    audio = generate_audio(
-        unwrapped, tokenizer, list(prompts), seconds=cfg.sample.seconds, guidance=cfg.sample.guidance,
-        top_k=cfg.sample.top_k, temperature=cfg.sample.temperature, seed=cfg.sample.seed,
-    )
     rate = unwrapped.config.audio_encoder.sampling_rate
-    for index, clip in enumerate(audio):
-        write_wav(run_dir / "samples" / f"{tag}_{index}.wav", clip, rate)
-    tracker.log_audio(f"samples/{'base' if tag == 'base' else 'adapter'}", audio, rate, list(prompts), step)
+    key = f"samples/{'base' if tag == 'base' else 'adapter'}"
+    for guidance in (cfg.sample.guidance, *cfg.sample.extra_guidance):
+        audio = generate_audio(
+            unwrapped, tokenizer, list(prompts), seconds=cfg.sample.seconds, guidance=guidance,
+            top_k=cfg.sample.top_k, temperature=cfg.sample.temperature, seed=cfg.sample.seed,
+        )
+        suffix = "" if guidance == cfg.sample.guidance else f"_g{guidance:g}"
+        for index, clip in enumerate(audio):
+            write_wav(run_dir / "samples" / f"{tag}{suffix}_{index}.wav", clip, rate)
+        tracker.log_audio(key + suffix, audio, rate, list(prompts), step)
+
+
+def _generation_metrics(cfg, evaluator, model, tokenizer, tracker, step, accelerator, *, adapter, base, base_metrics=None) -> dict:
+    """Log gen/fad, gen/clap of the adapter (`adapter`) and the base model's gen/*_base (`base`: at
+    the start and in the final record, computed once per process). Returns the base metrics."""
+    if evaluator is None:
+        return {}
+    unwrapped = accelerator.unwrap_model(model)
+    metrics = evaluator(unwrapped, tokenizer) if adapter else {}
+    if base and cfg.metrics.base_model:
+        base_metrics = base_metrics or evaluator.base_metrics(unwrapped, tokenizer)
+        metrics.update(base_metrics)
+    if metrics:
+        tracker.log(metrics, step)
+    return base_metrics or {}
 
 
 def _checkpoint(cfg, run_dir, step, model, optimizer, scheduler, scaler, state, accelerator) -> None:
@@ -276,5 +337,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop records logged after the checkpoint a run resumes from: they will be logged again."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(f"{line}\n" for line in kept))
+    kept = [line for line in path.read_text().splitlines() if _record_step(line) <= step]
+    atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
+
+
+def _record_step(line: str) -> float:
+    """A record's step; a line cut short by a kill counts as past any checkpoint (it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
