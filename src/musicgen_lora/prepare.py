@@ -1,5 +1,18 @@
 """`musicgen-lora prepare`: encode an audio folder once into the token cache (training runs this
-itself when the cache is missing; running it ahead lets a GPU job start training at once)."""
+itself when the cache is missing; running it ahead lets a GPU job start training at once).
+
+What a real folder holds, and what becomes of it:
+- kept, converted: any sample rate (8 kHz, 192 kHz: resampled), any number of channels (mixed to
+  mono, or the front pair for stereo models), any file name (spaces, non-ASCII); identical files
+  are kept as separate entries (each with its own caption) that share one encoding;
+- skipped, each listed with its reason in the cache's skipped.json and counted in the one-line
+  summary: empty files, files no decoder reads (truncated header, text with an audio extension,
+  unknown codec), silence, audio shorter than one codec frame, NaN/Inf samples, broken or looping
+  symlinks, non-regular files (a FIFO would block a read forever);
+- warned about: metadata rows naming missing files, and files without a caption (they get the
+  fallback caption template).
+Only a folder with nothing usable is an error (exit code 1). A symlinked folder loop is walked once.
+"""
 
 from __future__ import annotations
 
