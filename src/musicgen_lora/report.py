@@ -320,7 +320,7 @@ def render_markdown(name: str, groups: dict[str, list[Run]], *, hypothesis: str,
     if any(run.smoke for run in runs):
         lines += [
             "> **Smoke-scale demonstration, not a finding.** These runs used `--smoke`: a tiny random",
-            "> MusicGen (a few thousand parameters), the built-in synthetic demo loops and a few CPU steps.",
+            "> MusicGen (about 1.3 M parameters), the built-in synthetic demo loops and a few CPU steps.",
             "> They show that the pipeline, tracking and this report work end to end; the numbers say",
             "> nothing about LoRA on real MusicGen checkpoints or real audio. Timings (tokens/s, wall time)",
             "> are CPU timings and move with whatever else the machine was running.",
@@ -377,8 +377,7 @@ def publish_wandb_report(entity: str, project: str, experiment: str, title: str,
         import wandb_workspaces.reports.v2 as wr
     except ImportError as error:
         raise RuntimeError(
-            "--wandb-report needs the wandb-workspaces package, which is not in uv.lock "
-            "(add it with `uv add wandb-workspaces`)"
+            "--wandb-report needs the wandb-workspaces package (it is in uv.lock: run `uv sync --locked`)"
         ) from error
     from musicgen_lora.tracking import wandb_credentials_present
 
