@@ -1,0 +1,548 @@
+"""Training throughput of the fast LoRA path against the original system's loop, side by side.
+
+Each row ("arm") is one training loop on the same model architecture (random weights, built in code),
+the same clips and captions, and the same LoRA (rank 16 on the decoder's attention projections):
+
+  reference   what the original system did every step: EnCodec-encode the raw audio, run T5, train
+              on clips zero-padded to 30 s (padding included), eager attention, fp32 on CPU
+              (fp16 autocast + grad scaler on GPU), foreach AdamW.
+  ...         one optimization added per row, cumulatively, up to
+  ours        the training defaults: pre-encoded token windows, cached T5 states, no padding,
+              SDPA, bf16 autocast + bf16 frozen weights and fused AdamW on GPU (fp32 on CPU).
+  extras      options measured on top of ours: torch.compile, gradient checkpointing, data workers.
+
+Throughput is counted in *useful* audio seconds per second: the reference's zero-padding is work
+that teaches nothing, so only its real audio counts. Every arm runs in a fresh process (its peak
+memory is its own), arms alternate over --rounds (load on a shared machine hits all of them alike),
+and each figure is a median over the timed steps after warm-up.
+
+Run (the committed CPU numbers, and the H100 targets):
+    uv run benchmarks/train_throughput.py --arch small --batch-size 1 --window-seconds 10
+    uv run benchmarks/train_throughput.py --device cuda --arch small --batch-size 8 \\
+        --window-seconds 30 --steps 20 --warmup 5 --rounds 2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import tyro
+
+from musicgen_lora import builders
+from musicgen_lora import model as model_lib
+from musicgen_lora.collate import MusicgenCollator, codebook_delays, delay_pattern_labels
+from musicgen_lora.config import ModelConfig, OptimConfig, RunConfig
+from musicgen_lora.data import Clip, DrawSampler, TrainWindows
+from musicgen_lora.demo import STYLES, drum_loop
+from musicgen_lora.forward import TextStateCache, forward_loss
+from musicgen_lora.tokens import codec_encoder
+
+FLOP_MODEL = (
+    "Model FLOPs per step count the decoder only (T5 and EnCodec are frozen and, in ours, not run): "
+    "forward = 2 x (decoder matmul weights applied per position: self-attn q,k,v,o + cross-attn q,o + "
+    "FFN + 4 LM heads) x positions + 2 x cross-attn k,v weights x text tokens + attention scores "
+    "4 x layers x d x positions x (positions + text tokens), self-attention counted in full (not halved "
+    "for causality). Backward with frozen base weights computes input gradients only: 1x forward for the "
+    "matmuls (so training = 2x forward, not 3x) and 2x forward for the attention scores (dQ, dK, dV). "
+    "LoRA's own matmuls (<3%) and gradient checkpointing's recompute are not counted. "
+    "MFU = model FLOPs / step time / measured dense matmul peak (bf16 on GPU, fp32 on CPU)."
+)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training loop configuration (a row of the table)."""
+
+    name: str
+    change: str
+    encode_audio: bool = False
+    """EnCodec-encode the raw audio every step (reference) instead of reading pre-encoded tokens."""
+    cache_text: bool = True
+    """Compute T5 states once per distinct caption (forward.TextStateCache)."""
+    pad_seconds: float | None = None
+    """Zero-pad every clip to this length and train on the padding (the original behaviour)."""
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    """fp32: no autocast; fp16: autocast + grad scaler, fp32 weights; bf16: autocast + bf16 frozen weights."""
+    fused_adamw: bool = False
+    compile: bool = False
+    gradient_checkpointing: bool = False
+    num_workers: int = 0
+
+
+def arms(device_type: str, pad_seconds: float) -> list[Arm]:
+    """The ladder from the reference to ours (one change per row), then the extras on top of ours."""
+    gpu = device_type == "cuda"
+    reference = Arm(
+        "reference", "original loop: EnCodec + T5 every step, 30 s zero-padding, eager, "
+        + ("fp16 autocast" if gpu else "fp32"), encode_audio=True, cache_text=False, pad_seconds=pad_seconds,
+        attention="eager", precision="fp16" if gpu else "fp32",
+    )
+    ladder = [
+        reference,
+        replace(reference, name="tokens", change="+ pre-encoded tokens (no EnCodec per step)", encode_audio=False),
+        replace(reference, name="text_cache", change="+ cached T5 states", encode_audio=False, cache_text=True),
+        replace(reference, name="no_padding", change="+ windows of real audio, no padding", encode_audio=False,
+                cache_text=True, pad_seconds=None),
+    ]
+    ours = replace(ladder[-1], name="ours", change="+ SDPA attention (= ours)", attention="sdpa")
+    if gpu:
+        ladder.append(replace(ours, name="sdpa", change="+ SDPA attention"))
+        ladder.append(replace(ours, name="bf16", change="+ bf16 autocast, bf16 frozen weights", precision="bf16"))
+        ours = replace(ours, change="+ fused AdamW (= ours)", precision="bf16", fused_adamw=True)
+    extras = [
+        replace(ours, name="compile", change="ours + torch.compile(decoder)", compile=True),
+        replace(ours, name="grad_ckpt", change="ours + gradient checkpointing", gradient_checkpointing=True),
+        replace(ours, name="workers", change="ours + 2 data workers" + (" (pinned memory)" if gpu else ""), num_workers=2),
+    ]
+    if not gpu:
+        extras.append(replace(ours, name="bf16_cpu", change="ours + bf16 autocast, bf16 frozen weights (CPU)", precision="bf16"))
+    return [*ladder, ours, *extras]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every arm shares: the model on disk, the clips, the shapes."""
+
+    arch: str
+    device: str
+    batch_size: int
+    window_seconds: float
+    steps: int
+    warmup: int
+    model_dir: str
+    clips: list  # [(audio float32 (samples,), codes int16 (K, T), caption)]
+    silence_codes: np.ndarray
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Args:
+    """Measure LoRA training throughput of ours vs the original loop; write reports/benchmarks/."""
+
+    arch: Literal["tiny", "small"] = "small"
+    """Model architecture, random weights: tiny (tests) or musicgen-small's."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = 1
+    window_seconds: float = 10.0
+    """Training window of ours (the reference always pads to --reference-pad-seconds)."""
+    clip_seconds: float | None = None
+    """Length of each clip (real audio); None: the window length, so ours and the reference see the
+    same real audio per example and only the reference's padding differs."""
+    reference_pad_seconds: float = 30.0
+    steps: int = 3
+    """Timed steps per arm and round."""
+    warmup: int = 1
+    """Untimed steps before timing (compile arms add 2)."""
+    rounds: int = 2
+    """Arms alternate round by round; medians over all rounds."""
+    arms: tuple[str, ...] = ()
+    """Arms to run (names from the table); empty: all."""
+    clips: int = 6
+    """Distinct clips (and captions), at least the batch size."""
+    threads: int | None = None
+    """torch threads per arm (None: torch's default)."""
+    isolate: bool = True
+    """Run each arm in a fresh process (peak memory per arm); off only for tests."""
+    output_dir: Path = Path("reports/benchmarks")
+    model_cache: Path = Path(".cache/musicgen-lora/benchmark")
+    """Where the random model is saved once (like a checkpoint folder) for every arm to load."""
+    name: str | None = None
+    """Output file stem; None: train_throughput_<device>_<arch>."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside one arm's process
+
+
+def measure_arm(arm: Arm, setup: Setup) -> dict:
+    """Build the arm's model and loop, run warm-up + timed steps; times, memory, shapes."""
+    if setup.threads:
+        torch.set_num_threads(setup.threads)
+    torch.manual_seed(0)
+    device = torch.device(setup.device)
+    cfg = RunConfig(model=ModelConfig(
+        name=setup.model_dir, dtype="bfloat16" if arm.precision == "bf16" else "float32",
+        attn_implementation=arm.attention, compile=arm.compile, gradient_checkpointing=arm.gradient_checkpointing,
+    ))
+    model, tokenizer = builders.base_model(cfg.model, device)
+    fmt = model_lib.audio_format(model)
+    delays = codebook_delays(fmt.num_codebooks, fmt.channels)
+    model = builders.lora_model(cfg, model)
+    model.train()
+    total = setup.warmup + setup.steps + (2 if arm.compile else 0)
+    optimizer, scheduler = builders.optimizer_and_schedule(OptimConfig(fused=arm.fused_adamw), total, model, device)
+    scaler = torch.amp.GradScaler(device.type) if arm.precision == "fp16" else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if arm.precision == "bf16" else torch.float16,
+                              enabled=arm.precision != "fp32")
+    text_cache = TextStateCache() if arm.cache_text else None
+    encode = codec_encoder(model.get_base_model().audio_encoder, fmt, device)
+    loader = _loader(arm, setup, tokenizer, fmt, delays, total)
+
+    def step(batch: dict) -> float:
+        if arm.encode_audio:  # the original loop: tokens from raw audio, every step
+            with autocast:
+                codes = encode(batch.pop("audio"))
+            valid = torch.ones(codes.shape[0], codes.shape[-1], dtype=torch.bool)
+            ids, labels = delay_pattern_labels(codes, valid, delays, fmt.pad_token_id)
+            batch.update(decoder_input_ids=ids.to(device), labels=labels.to(device))
+        with autocast:
+            loss, _ = forward_loss(model, batch, text_cache)
+        (scaler.scale(loss) if scaler else loss).backward()
+        _sync(device)
+        tick = time.perf_counter()
+        if scaler:
+            scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        elif torch.isfinite(norm):
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        return time.perf_counter() - tick
+
+    step_s, cpu_s, data_s, optim_s, text_tokens = [], [], [], [], []
+    batches = iter(loader)
+    for index in range(total):
+        timed = index >= total - setup.steps
+        if index == total - setup.steps:
+            _reset_peak_memory(device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+        loaded = time.perf_counter()
+        optim_time = step(batch)
+        end = time.perf_counter()
+        if timed:
+            step_s.append(end - start)
+            cpu_s.append(time.process_time() - cpu_start)
+            data_s.append(loaded - start)
+            optim_s.append(optim_time)
+            text_tokens.append(int(batch["attention_mask"].shape[1]))
+    positions = int(batch["decoder_input_ids"].shape[-1])
+    return {
+        "step_s": step_s, "cpu_s": cpu_s, "data_s": data_s, "optim_s": optim_s, "peak_memory_gb": _peak_memory_gb(device),
+        "positions": positions, "text_tokens": statistics.mean(text_tokens),
+        "frames_per_example": positions - max(delays), "frame_rate": fmt.frame_rate,
+    }
+
+
+def _loader(arm: Arm, setup: Setup, tokenizer, fmt, delays, total: int):
+    """Pre-encoded windows through the real data path, or (reference) raw audio padded per step."""
+    frames = round((arm.pad_seconds or setup.window_seconds) * fmt.frame_rate)
+    if arm.encode_audio:
+        dataset, collate = RawClips(setup.clips, round(arm.pad_seconds * fmt.sample_rate)), RawCollator(tokenizer)
+    else:
+        clips = [Clip(codes, caption, f"clip{i}", f"{i}") for i, (_, codes, caption) in enumerate(setup.clips)]
+        dataset = TrainWindows(
+            clips, frames=frames, pad_mode="zero_pad_legacy" if arm.pad_seconds else "tile",
+            special_token_id=fmt.pad_token_id, seed=0, condition_dropout=0.1, silence_codes=setup.silence_codes,
+        )
+        collate = MusicgenCollator(tokenizer, delays=delays, special_token_id=fmt.pad_token_id)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=setup.batch_size, sampler=DrawSampler(0, total * setup.batch_size),
+        collate_fn=collate, num_workers=arm.num_workers, pin_memory=setup.device == "cuda",
+        persistent_workers=arm.num_workers > 0,
+    )
+
+
+class RawClips(torch.utils.data.Dataset):
+    """The original data path: each clip's raw audio, zero-padded (or cut) to `samples`."""
+
+    def __init__(self, clips: list, samples: int):
+        self.clips, self.samples = clips, samples
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, draw: int):
+        audio, _, caption = self.clips[draw % len(self.clips)]
+        padded = np.zeros(self.samples, dtype=np.float32)
+        padded[: min(len(audio), self.samples)] = audio[: self.samples]
+        return torch.from_numpy(padded), caption
+
+
+class RawCollator:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, items) -> dict:
+        text = self.tokenizer([caption for _, caption in items], padding=True, return_tensors="pt")
+        return {
+            "audio": torch.stack([audio for audio, _ in items])[:, None],
+            "input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
+            "condition_mask": torch.ones(len(items), dtype=torch.long),
+        }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    # glibc keeps freed heap memory (RSS would stay at the warm-up's peak): hand it back first. Then
+    # writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS (Linux); where either
+    # is unavailable the peak also covers the model build.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# ---------------------------------------------------------------------------------------------
+# The parent: model + clips once, arms in alternation, summary
+
+
+def prepare(args: Args, device: str) -> Setup:
+    """Build the random model once (saved like a checkpoint folder, loaded by every arm through the
+    real loading path), make the clips, and encode them once: the token cache's one-off work."""
+    folder = args.model_cache / f"musicgen-{args.arch}-random-seed0"
+    if not (folder / "model.safetensors").exists() and not (folder / "model.safetensors.index.json").exists():
+        model = model_lib.build_random_musicgen(args.arch)
+        model.save_pretrained(folder)
+        model_lib.tiny_tokenizer().save_pretrained(folder)
+    model, _ = model_lib.load_musicgen(str(folder))
+    fmt = model_lib.audio_format(model)
+    clip_seconds = args.clip_seconds or args.window_seconds
+    audio = [_clip_audio(i, clip_seconds, fmt.sample_rate) for i in range(max(args.clips, args.batch_size))]
+    cpu = torch.device("cpu")  # on CPU, so this process holds no GPU memory while the arms run
+    codes = codec_encoder(model.audio_encoder, fmt, cpu)(torch.from_numpy(np.stack(audio))[:, None])
+    silence = builders.silence_codes(model, fmt, cpu)
+    # Captions of equal token length: a batch's text shape never changes (no compile recompiles).
+    captions = [f"drum loop {i % 6:02d}, {STYLES[i % 6].bpm:03d} bpm" for i in range(len(audio))]
+    return Setup(
+        args.arch, device, args.batch_size, args.window_seconds, args.steps, args.warmup, str(folder),
+        list(zip(audio, codes.numpy().astype(np.int16), captions, strict=True)), silence, args.threads,
+    )
+
+
+def _clip_audio(index: int, seconds: float, rate: int) -> np.ndarray:
+    loop = drum_loop(STYLES[index % len(STYLES)], index // len(STYLES), rate)
+    samples = round(seconds * rate)
+    return np.resize(loop, samples)  # the loop repeated to the clip length
+
+
+def run_arm(arm: Arm, setup: Setup, isolate: bool) -> dict:
+    if not isolate:
+        return measure_arm(arm, setup)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(measure_arm, arm, setup).result()
+
+
+def train_flops(decoder, batch: int, positions: int, text_tokens: float) -> float:
+    """Model FLOPs of one LoRA training step of the decoder (see FLOP_MODEL)."""
+    d, layers = decoder.hidden_size, decoder.num_hidden_layers
+    per_position = layers * (4 * d * d + 2 * d * d + 2 * d * decoder.ffn_dim) + decoder.num_codebooks * d * decoder.vocab_size
+    matmul = 2 * batch * (positions * per_position + text_tokens * layers * 2 * d * d)
+    attention = 4 * layers * d * batch * positions * (positions + text_tokens)
+    return 2 * matmul + 3 * attention
+
+
+def matmul_peak_tflops(device: torch.device) -> float:
+    """Dense matmul throughput of this device: bf16 8192^3 on GPU, fp32 2048^3 on CPU (best of 3)."""
+    n, dtype, iters = (8192, torch.bfloat16, 50) if device.type == "cuda" else (2048, torch.float32, 5)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = 0.0
+    _sync(device)
+    for _ in range(3):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 * iters / (time.perf_counter() - start) / 1e12)
+    del a, b
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return best
+
+
+def summarize(arm: Arm, raw: dict, setup: Setup, clip_seconds: float, peak_tflops: float | None) -> dict:
+    step = statistics.median(raw["step_s"])
+    frames = setup.batch_size * raw["frames_per_example"]
+    useful = setup.batch_size * (min(clip_seconds, arm.pad_seconds) if arm.pad_seconds else setup.window_seconds)
+    decoder = model_lib.RANDOM_ARCHITECTURES[setup.arch]().decoder
+    flops = train_flops(decoder, setup.batch_size, raw["positions"], raw["text_tokens"])
+    return {
+        "arm": arm.name, "change": arm.change, "config": asdict(arm),
+        "step_time_s": step, "step_times_s": raw["step_s"],
+        # CPU time of the arm's process (all its threads): on a shared machine it moves less with load.
+        "process_cpu_s_per_step": statistics.median(raw["cpu_s"]),
+        "frames_per_s": frames / step,
+        "audio_s_per_s": frames / raw["frame_rate"] / step,
+        "useful_audio_s_per_s": useful / step,
+        "peak_memory_gb": raw["peak_memory_gb"],
+        "data_fraction": statistics.median(d / s for d, s in zip(raw["data_s"], raw["step_s"], strict=True)),
+        "optimizer_fraction": statistics.median(o / s for o, s in zip(raw["optim_s"], raw["step_s"], strict=True)),
+        "model_tflops_per_step": flops / 1e12,
+        "mfu": flops / step / (peak_tflops * 1e12) if peak_tflops else None,
+    }
+
+
+def main(args: Args, command: str = "(called from Python)") -> dict:
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = [arm for arm in arms(device, args.reference_pad_seconds) if not args.arms or arm.name in args.arms]
+    if not chosen:
+        raise SystemExit(f"no arm named {args.arms}; choose from {[a.name for a in arms(device, 30.0)]}")
+    load_before = os.getloadavg()
+    setup = prepare(args, device)
+    peak = matmul_peak_tflops(torch.device(device))
+    loads: dict[str, list[float]] = {arm.name: [] for arm in chosen}
+    results: dict[str, list[dict]] = {arm.name: [] for arm in chosen}
+    errors: dict[str, str] = {}
+    for round_index in range(args.rounds):
+        for arm in (arm for arm in chosen if arm.name not in errors):
+            loads[arm.name].append(os.getloadavg()[0])
+            print(f"round {round_index + 1}/{args.rounds}: {arm.name} (load {loads[arm.name][-1]:.2f}) ...", flush=True)
+            try:
+                results[arm.name].append(run_arm(arm, setup, args.isolate))
+            except Exception as error:  # an OOM or a broken option fails its row, not the run
+                errors[arm.name] = f"{type(error).__name__}: {str(error)[:300]}"
+    peak = max(peak, matmul_peak_tflops(torch.device(device)))  # best of before and after the arms
+    clip_seconds = args.clip_seconds or args.window_seconds
+    rows = [
+        {"arm": arm.name, "change": arm.change, "config": asdict(arm), "error": errors[arm.name]} if arm.name in errors
+        else summarize(arm, _merge(results[arm.name]), setup, clip_seconds, peak)
+        for arm in chosen
+    ]
+    for row in rows:
+        row["load_average_1min"] = loads[row["arm"]]
+    by_name = {row["arm"]: row for row in rows if "error" not in row}
+    if "reference" in by_name:
+        for row in by_name.values():
+            row["speedup_vs_reference"] = row["useful_audio_s_per_s"] / by_name["reference"]["useful_audio_s_per_s"]
+    report = {
+        "meta": _meta(args, device, setup, load_before, os.getloadavg(), clip_seconds),
+        "matmul_peak_tflops": peak, "matmul_peak_dtype": "bfloat16" if device == "cuda" else "float32",
+        "flop_model": FLOP_MODEL, "rows": rows,
+        "ours_over_reference": by_name["ours"].get("speedup_vs_reference") if "ours" in by_name else None,
+        "ours_over_reference_by_cpu_time": _cpu_time_ratio(by_name),
+    }
+    _write(report, args, device, command)
+    return report
+
+
+def _cpu_time_ratio(rows: dict) -> float | None:
+    """ours / reference in useful audio per process CPU second (a check that load did not skew it)."""
+    if "ours" not in rows or "reference" not in rows:
+        return None
+    per_cpu_s = {name: rows[name]["useful_audio_s_per_s"] * rows[name]["step_time_s"] / rows[name]["process_cpu_s_per_step"]
+                 for name in ("ours", "reference")}
+    return per_cpu_s["ours"] / per_cpu_s["reference"]
+
+
+def _merge(rounds: list[dict]) -> dict:
+    """One arm's rounds as one: all timed steps, the highest peak memory."""
+    merged = dict(rounds[-1])
+    for key in ("step_s", "cpu_s", "data_s", "optim_s"):
+        merged[key] = [value for result in rounds for value in result[key]]
+    merged["peak_memory_gb"] = max(result["peak_memory_gb"] for result in rounds)
+    return merged
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _meta(args: Args, device: str, setup: Setup, load_before, load_after, clip_seconds: float) -> dict:
+    return {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
+        "device": torch.cuda.get_device_name() if device == "cuda" else _cpu_name(),
+        "cpu_count": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
+        "torch": torch.__version__, "python": sys.version.split()[0],
+        "load_average_before": load_before, "load_average_after": load_after,
+        "clip_seconds": clip_seconds, "clips": len(setup.clips), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "notes": (
+            "useful audio s/s counts real audio only (the reference's zero-padding is not counted); "
+            "captions are tokenized with ByT5's byte tokenizer (offline; T5-base's own tokenizer would give "
+            "fewer text tokens); the reference keeps raw audio in memory (the original also decoded files)."
+        ),
+    }
+
+
+def table(report: dict) -> str:
+    mfu_header = "MFU" if report["matmul_peak_dtype"] == "bfloat16" else "MFU (vs fp32 matmul)"
+    lines = [
+        f"| arm | change | step s | frames/s | useful audio s/s | x reference | peak mem GB | data % | optim % | {mfu_header} |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['arm']} | {row['change']} | failed: {row['error']} |||||||")
+            continue
+        speedup = row.get("speedup_vs_reference")
+        lines.append(
+            f"| {row['arm']} | {row['change']} | {row['step_time_s']:.2f} | {row['frames_per_s']:.1f} | "
+            f"{row['useful_audio_s_per_s']:.3f} | {f'{speedup:.2f}x' if speedup else '-'} | "
+            f"{row['peak_memory_gb']:.2f} | {100 * row['data_fraction']:.1f} | {100 * row['optimizer_fraction']:.1f} | "
+            f"{100 * row['mfu']:.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def _write(report: dict, args: Args, device: str, command: str) -> None:
+    stem = args.name or f"train_throughput_{device}_{args.arch}"
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    meta = report["meta"]
+    loads = [load for row in report["rows"] for load in row["load_average_1min"]]
+    markdown = (
+        f"# Training throughput: {args.arch} on {device} ({meta['device']})\n\n"
+        f"`{command}`, {meta['date']}, torch {meta['torch']}, {meta['torch_threads']} threads, "
+        f"load average (1 min) {meta['load_average_before'][0]:.2f} before, {meta['load_average_after'][0]:.2f} after, "
+        f"{min(loads):.2f} to {max(loads):.2f} at the arms' starts ({meta['cpu_count']} CPUs).\n"
+        f"Batch {args.batch_size} x {args.window_seconds:g} s windows of {meta['clip_seconds']:g} s clips; "
+        f"reference padded to {args.reference_pad_seconds:g} s. Medians of {args.steps} steps x {args.rounds} rounds "
+        f"after {args.warmup} warm-up step(s); measured matmul peak {report['matmul_peak_tflops']:.2f} TFLOP/s "
+        f"({report['matmul_peak_dtype']}).\n\n{table(report)}\n\n"
+        f"**ours / reference = {report['ours_over_reference'] or float('nan'):.2f}x** in useful audio seconds per second "
+        f"({report['ours_over_reference_by_cpu_time'] or float('nan'):.2f}x per process CPU second).\n\n"
+        f"- {meta['notes']}\n- {report['flop_model']}\n"
+    )
+    (args.output_dir / f"{stem}.md").write_text(markdown)
+    print(table(report))
+    print(f"ours / reference: {report['ours_over_reference'] or float('nan'):.2f}x; wrote {args.output_dir / stem}.json/.md")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args, description=__doc__), "uv run benchmarks/train_throughput.py " + shlex.join(sys.argv[1:]))
