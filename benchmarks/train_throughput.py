@@ -17,7 +17,8 @@ memory is its own), arms alternate over --rounds (load on a shared machine hits 
 and each figure is a median over the timed steps after warm-up.
 
 Run (the committed CPU numbers, and the H100 targets):
-    uv run benchmarks/train_throughput.py --arch small --batch-size 1 --window-seconds 10
+    uv run benchmarks/train_throughput.py --arch small --batch-size 1 --window-seconds 10 \\
+        --steps 2 --warmup 1 --rounds 3
     uv run benchmarks/train_throughput.py --device cuda --arch small --batch-size 8 \\
         --window-seconds 30 --steps 20 --warmup 5 --rounds 2
 """
@@ -89,7 +90,7 @@ def arms(device_type: str, pad_seconds: float) -> list[Arm]:
     """The ladder from the reference to ours (one change per row), then the extras on top of ours."""
     gpu = device_type == "cuda"
     reference = Arm(
-        "reference", "original loop: EnCodec + T5 every step, 30 s zero-padding, eager, "
+        "reference", f"original loop: EnCodec + T5 every step, {pad_seconds:g} s zero-padding, eager, "
         + ("fp16 autocast" if gpu else "fp32"), encode_audio=True, cache_text=False, pad_seconds=pad_seconds,
         attention="eager", precision="fp16" if gpu else "fp32",
     )
@@ -535,8 +536,9 @@ def _write(report: dict, args: Args, device: str, command: str) -> None:
         f"reference padded to {args.reference_pad_seconds:g} s. Medians of {args.steps} steps x {args.rounds} rounds "
         f"after {args.warmup} warm-up step(s); measured matmul peak {report['matmul_peak_tflops']:.2f} TFLOP/s "
         f"({report['matmul_peak_dtype']}).\n\n{table(report)}\n\n"
-        f"**ours / reference = {report['ours_over_reference'] or float('nan'):.2f}x** in useful audio seconds per second "
-        f"({report['ours_over_reference_by_cpu_time'] or float('nan'):.2f}x per process CPU second).\n\n"
+        f"**ours / reference = {report['ours_over_reference'] or float('nan'):.2f}x** in useful audio seconds per second"
+        + (f" ({report['ours_over_reference_by_cpu_time'] or float('nan'):.2f}x per process CPU second)" if device == "cpu" else "")
+        + ".\n\n"
         f"- {meta['notes']}\n- {report['flop_model']}\n"
     )
     (args.output_dir / f"{stem}.md").write_text(markdown)
