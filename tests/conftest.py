@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,3 +133,23 @@ def run_baseline(args: list[str], *, env: dict | None = None, timeout: float = 1
         [sys.executable, str(BASELINE), *args], env=env or child_env(), cwd=REPO_ROOT,
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+# Runs the experiment script; with PAUSE_AT set, hangs in the PAUSE_AT-th training forward pass
+# (after the checkpoint before it is complete) and says so in PAUSE_FILE: the moment to kill it.
+PAUSING = textwrap.dedent("""
+    import os, runpy, sys, time
+    from pathlib import Path
+    import musicgen_lora.train as train
+
+    pause_at, calls, forward_loss = int(os.environ.get("PAUSE_AT", "0")), [], train.forward_loss
+    def pausing_forward_loss(model, *args, **kwargs):
+        calls.append(model.training)  # evaluation passes do not count
+        if sum(calls) == pause_at and model.training:
+            Path(os.environ["PAUSE_FILE"]).touch()
+            time.sleep(600)
+        return forward_loss(model, *args, **kwargs)
+    train.forward_loss = pausing_forward_loss
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")

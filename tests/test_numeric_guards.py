@@ -58,7 +58,7 @@ def _records(run_dir):
 
 
 def _adapter(run_dir, step):
-    return load_file(run_dir / "checkpoints" / f"step_{step:07d}" / "adapter.safetensors")
+    return load_file(run_dir / "checkpoints" / f"step_{step:07d}" / "adapter_model.safetensors")
 
 
 def _equal(a, b):

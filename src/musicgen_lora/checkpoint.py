@@ -11,13 +11,16 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 STATE_FILE = "state.json"
+ADAPTER_FILE = "adapter_model.safetensors"  # PEFT's name: the folder loads as an adapter
+TRAINING_STATE_FILE = "training_state.pt"
 
 
 def rng_state() -> dict:
@@ -36,15 +39,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-
-
 def save_checkpoint(
     checkpoint_dir: Path,
     step: int,
     *,
-    model: torch.nn.Module,
+    model,
     optimizer,
     scheduler,
     scaler,
@@ -52,13 +51,16 @@ def save_checkpoint(
     state: dict,
     keep: int,
 ) -> Path:
-    """Write checkpoint `step` atomically and prune older ones down to `keep`."""
+    """Write checkpoint `step` atomically and prune older ones down to `keep`.
+
+    The adapter is saved in PEFT format (adapter_config.json + adapter_model.safetensors), so a
+    checkpoint folder is itself an adapter: `generate --adapter runs/X/checkpoints/step_N` works."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir / f"step_{step:07d}"
     tmp = checkpoint_dir / f".tmp_step_{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), tmp / "adapter.safetensors")
+    model.save_pretrained(tmp, save_embedding_layers=False)
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -66,7 +68,7 @@ def save_checkpoint(
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": rng_states,  # one entry per process rank
         },
-        tmp / "training_state.pt",
+        tmp / TRAINING_STATE_FILE,
     )
     (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
     _fsync_dir(tmp)
@@ -109,19 +111,52 @@ def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler) -> tuple[dict, list[dict]]:
+@dataclass
+class Checkpoint:
+    """A checkpoint read completely into memory: nothing is applied until every file has loaded."""
+
+    path: Path
+    adapter: dict[str, torch.Tensor]
+    training: dict
+    state: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Every file of a checkpoint, or an exception saying which one is unreadable."""
+    state = json.loads((path / STATE_FILE).read_text())
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError(f"{STATE_FILE} has no step")
+    adapter = load_file(path / ADAPTER_FILE)
+    training = torch.load(path / TRAINING_STATE_FILE, weights_only=False)
+    return Checkpoint(path, adapter, training, state)
+
+
+def newest_readable_checkpoint(checkpoint_dir: Path, warn=print) -> Checkpoint | None:
+    """The newest checkpoint whose files all load; each unreadable newer one is reported in one line."""
+    for path in reversed(list_checkpoints(checkpoint_dir)):
+        try:
+            return read_checkpoint(path)
+        except Exception as error:  # truncated safetensors / torch file, empty state.json, ...
+            reason = " ".join(str(error).split())[:160]
+            warn(f"checkpoint {path} is unreadable ({type(error).__name__}: {reason}); trying the one before it")
+    return None
+
+
+def apply_checkpoint(checkpoint: Checkpoint, *, model, optimizer, scheduler, scaler) -> tuple[dict, list[dict]]:
     """Restore weights and optimizer/scheduler/scaler; returns (state.json, per-rank RNG states)."""
-    weights = load_file(path / "adapter.safetensors")
-    parameters = dict(model.named_parameters())
-    missing = set(weights) ^ {name for name, p in parameters.items() if p.requires_grad}
-    if missing:
-        raise ValueError(f"checkpoint {path} does not match the model's trainable weights: {sorted(missing)[:5]}")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            parameters[name].copy_(tensor)
-    training = torch.load(path / "training_state.pt", weights_only=False)
-    optimizer.load_state_dict(training["optimizer"])
-    scheduler.load_state_dict(training["scheduler"])
-    if scaler is not None and training["scaler"] is not None:
-        scaler.load_state_dict(training["scaler"])
-    return json.loads((path / STATE_FILE).read_text()), training["rng"]
+    from peft import set_peft_model_state_dict
+
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    result = set_peft_model_state_dict(model, checkpoint.adapter)
+    mismatched = sorted(set(result.unexpected_keys) | (trainable & set(result.missing_keys)))
+    if mismatched:
+        raise ValueError(f"checkpoint {checkpoint.path} does not match the model's trainable weights: {mismatched[:5]}")
+    optimizer.load_state_dict(checkpoint.training["optimizer"])
+    scheduler.load_state_dict(checkpoint.training["scheduler"])
+    if scaler is not None and checkpoint.training["scaler"] is not None:
+        scaler.load_state_dict(checkpoint.training["scaler"])
+    return dict(checkpoint.state), checkpoint.training["rng"]

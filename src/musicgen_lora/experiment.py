@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,15 +51,36 @@ def main(base: RunConfig, variants: Variants, *, script: str, description: str =
         from musicgen_lora.azure.secrets import configure_wandb_for_job
 
         configure_wandb_for_job(cfg.output_dir)
-    from musicgen_lora.train import CONFIG_ERRORS, NonFiniteTrainingError, train
-
     try:
-        result = train(cfg, launch=launch)
-    except CONFIG_ERRORS as error:  # the message says what to change; a traceback would bury it
-        print(f"error: {redact(str(error))}", file=sys.stderr)
-        return 2
-    except NonFiniteTrainingError as error:
-        print(f"error: {redact(str(error))}", file=sys.stderr)
-        return 1
+        from musicgen_lora.train import CONFIG_ERRORS, NonFiniteTrainingError, RunInterrupted, train
+
+        try:
+            result = train(cfg, launch=launch)
+        except CONFIG_ERRORS as error:  # the message says what to change; a traceback would bury it
+            print(f"error: {redact(str(error))}", file=sys.stderr)
+            return 2
+        except NonFiniteTrainingError as error:
+            print(f"error: {redact(str(error))}", file=sys.stderr)
+            return 1
+        except RunInterrupted as stop:
+            where = f"last checkpoint {stop.checkpoint}" if stop.checkpoint else "no checkpoint yet"
+            print(f"interrupted ({where}); resume with: {resume_command(launch, stop.run_dir)}", file=sys.stderr)
+            return 130
+    except KeyboardInterrupt:  # before training started: nothing to resume
+        print("interrupted before training started", file=sys.stderr)
+        return 130
+    if result.already_finished:
+        print(f"{result.run_dir} is finished ({result.steps} steps); pass a larger --train.max-steps to train "
+              "it further, or another --output-dir for a new run")
+        return 0
     print(f"run directory: {result.run_dir}")
     return 0
+
+
+def resume_command(launch: Launch, run_dir: Path) -> str:
+    """The command that continues `run_dir`: the same script and flags, with its --output-dir."""
+    argv = list(redact(list(launch.argv)))
+    if "--output-dir" not in argv and not any(arg.startswith("--output-dir=") for arg in argv):
+        argv += ["--output-dir", str(run_dir)]
+    script = str(launch.experiment_file) if launch.experiment_file else "experiments/01_baseline.py"
+    return shlex.join(["uv", "run", script, *argv])

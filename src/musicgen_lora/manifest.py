@@ -203,6 +203,10 @@ class ManifestTracker:
     def log_adapter(self, path, name):
         pass
 
+    def record(self, fields: dict) -> None:
+        self.manifest.update(redact(fields))
+        atomic_write_json(self.path, self.manifest)
+
     def finish(self, outcome: str) -> None:
         start = datetime.fromisoformat(self.manifest["start_time"])
         end = datetime.now(UTC)

@@ -28,6 +28,9 @@ class Tracker(Protocol):
 
     def log_adapter(self, path: Path, name: str) -> None: ...
 
+    def record(self, fields: dict) -> None:
+        """Facts about the run that are no time series (adapters kept, resume changes)."""
+
     def finish(self, outcome: str) -> None: ...
 
 
@@ -39,6 +42,9 @@ class NullTracker:
         pass
 
     def log_adapter(self, path, name):
+        pass
+
+    def record(self, fields):
         pass
 
     def finish(self, outcome):
@@ -67,15 +73,44 @@ class JsonlTracker:
     def log_adapter(self, path, name):
         pass
 
+    def record(self, fields):
+        pass
+
     def finish(self, outcome):
         self._handle.close()
 
 
 def _last_time(path: Path) -> float:
+    records = _complete_records(path)
+    return float(records[-1].get("time", 0.0)) if records else 0.0
+
+
+def _complete_records(path: Path) -> list[dict]:
+    """The file's whole records; a line cut short by a kill (or otherwise unreadable) is left out."""
     if not path.exists():
-        return 0.0
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return float(json.loads(lines[-1]).get("time", 0.0)) if lines else 0.0
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int | float):
+            records.append(record)
+    return records
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the whole records up to `step` (-1: none), before a resumed run logs again.
+
+    Records after the checkpoint a run resumes from are logged again by the resumed run, and a run
+    that starts over logs everything again, so the file never holds a record twice or a torn line."""
+    if not path.exists():
+        return
+    from musicgen_lora.tokens import atomic_write_bytes
+
+    kept = [record for record in _complete_records(path) if record["step"] <= step]
+    atomic_write_bytes(path, "".join(json.dumps(record) + "\n" for record in kept).encode())
 
 
 def _json_number(value):
@@ -101,6 +136,10 @@ class CompositeTracker:
     def log_adapter(self, path, name):
         for tracker in self.trackers:
             tracker.log_adapter(path, name)
+
+    def record(self, fields):
+        for tracker in self.trackers:
+            tracker.record(fields)
 
     def finish(self, outcome):
         for tracker in self.trackers:
@@ -210,6 +249,9 @@ class WandbTracker:
         artifact = self.wandb.Artifact(_artifact_name(f"adapter-{self.run.name}"), type="model", metadata=metadata)
         artifact.add_dir(str(path))
         self.run.log_artifact(artifact, aliases=["latest", "final"])
+
+    def record(self, fields):
+        self.run.summary.update(fields)
 
     def finish(self, outcome):
         self.run.summary["outcome"] = outcome

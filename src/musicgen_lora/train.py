@@ -6,25 +6,27 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import resource
+import shutil
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from musicgen_lora import builders
 from musicgen_lora.checkpoint import (
+    apply_checkpoint,
     list_checkpoints,
-    load_checkpoint,
+    newest_readable_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -34,26 +36,42 @@ from musicgen_lora.data import DataConfigError, DrawSampler
 from musicgen_lora.forward import TextStateCache, forward_loss
 from musicgen_lora.generate import generate_audio, write_wav
 from musicgen_lora.loss import add_stats, codebook_metrics
-from musicgen_lora.manifest import Launch
+from musicgen_lora.manifest import Launch, read_manifest
 from musicgen_lora.model import LoraTargetError, ModelLoadError
 from musicgen_lora.redact import redact
+from musicgen_lora.resume import ResumeConfigError, change_record, check_resume_config
+from musicgen_lora.run_lock import RunDirLock, RunDirLockedError
 from musicgen_lora.tokens import (
     CacheMismatchError,
     NoUsableAudioError,
-    atomic_write_bytes,
     atomic_write_json,
 )
-from musicgen_lora.tracking import run_name
+from musicgen_lora.tracking import run_name, truncate_metrics
 
 log = logging.getLogger(__name__)
 
 
-CONFIG_ERRORS = (ModelLoadError, LoraTargetError, CacheMismatchError, NoUsableAudioError, DataConfigError)
+CONFIG_ERRORS = (
+    ModelLoadError, LoraTargetError, CacheMismatchError, NoUsableAudioError, DataConfigError, ResumeConfigError,
+    RunDirLockedError,
+)
 """Errors raised before training starts whose message says which setting to change."""
+
+COLLECTIVE_TIMEOUT_S = 2 * 3600
+BEST_ADAPTER = "adapter_best"
+"""In the run directory: the adapter of the evaluation with the lowest validation loss."""
 
 
 class NonFiniteTrainingError(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C during training: the run's trackers are finished as "interrupted"."""
+
+    def __init__(self, run_dir: Path, checkpoint: Path | None):
+        super().__init__(f"interrupted; last checkpoint: {checkpoint}")
+        self.run_dir, self.checkpoint = run_dir, checkpoint
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,7 @@ class TrainResult:
     steps: int
     final_val_loss: float | None
     skipped_steps: int
+    already_finished: bool = False
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -75,6 +94,9 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
         # The loader yields global batches that accelerate splits across processes, so the data a
         # step sees is the same for 1 or N processes (same global batch, same order).
         dataloader_config=DataLoaderConfiguration(split_batches=True),
+        # Rank 0 alone writes samples and generation metrics while the others wait at a barrier:
+        # on a real model that can outlast the default collective timeout (10 min with NCCL).
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))],
     )
 
 
@@ -86,14 +108,58 @@ def resolve_run_dir(cfg: RunConfig, accelerator: Accelerator) -> Path:
     return Path(names[0])
 
 
+def _on_all_ranks(accelerator: Accelerator, action):
+    """Run `action` on the main process and raise its exception, if any, on every process (so no
+    rank waits forever in a collective the others never reach)."""
+    result, error = None, [None]
+    if accelerator.is_main_process:
+        try:
+            result = action()
+        except Exception as exc:  # re-raised below on every rank
+            error[0] = exc
+    if accelerator.num_processes > 1:
+        broadcast_object_list(error)
+    if error[0] is not None:
+        raise error[0]
+    return result
+
+
 def train(cfg: RunConfig, accelerator: Accelerator | None = None, launch: Launch | None = None) -> TrainResult:
     """`launch` (script, arguments, start time) goes into the run's manifest.json."""
     accelerator = accelerator or make_accelerator(cfg)
     run_dir = resolve_run_dir(cfg, accelerator)
     main = accelerator.is_main_process
+    created = not run_dir.exists()
+    lock = _on_all_ranks(accelerator, lambda: _claim_run_dir(run_dir))
+    try:
+        return _train_in(cfg, accelerator, run_dir, launch)
+    except CONFIG_ERRORS:
+        if main and created:  # a start refused before training leaves nothing half-made behind
+            if lock:
+                lock.release()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        if lock:
+            lock.release()
+
+
+def _claim_run_dir(run_dir: Path) -> RunDirLock:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return RunDirLock.acquire(run_dir)
+
+
+def _train_in(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, launch: Launch | None) -> TrainResult:
+    main = accelerator.is_main_process
+    config = redact(to_dict(cfg))  # no secret passed as a flag
+    checkpoint_dir = run_dir / "checkpoints"
+    resuming = cfg.train.resume and bool(list_checkpoints(checkpoint_dir))
+    changes = check_resume_config(run_dir, config) if resuming else {}
+    finished = _finished_at(run_dir) if resuming else None
+    if finished is not None and finished >= cfg.train.max_steps:
+        return TrainResult(run_dir, finished, None, 0, already_finished=True)
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", redact(to_dict(cfg)))  # no secret passed as a flag
+        atomic_write_json(run_dir / "config.json", config)
     set_seed(cfg.seed)
 
     model, tokenizer = builders.base_model(cfg.model, accelerator.device)
@@ -109,31 +175,66 @@ def train(cfg: RunConfig, accelerator: Accelerator | None = None, launch: Launch
     model, optimizer = accelerator.prepare(model, optimizer)
     scaler = accelerator.scaler
 
-    state = {"draws": 0, "skipped_steps": 0, "consecutive_bad": 0}
+    state = {"draws": 0, "skipped_steps": 0, "consecutive_bad": 0, "best_val_loss": None, "best_step": None}
     step = 0
-    checkpoints = list_checkpoints(run_dir / "checkpoints") if cfg.train.resume else []
-    if checkpoints:
-        restored, rng_states = load_checkpoint(
-            checkpoints[-1], model=accelerator.unwrap_model(model), optimizer=optimizer.optimizer,
+    checkpoint = newest_readable_checkpoint(checkpoint_dir, warn=log.warning if main else _quiet) if cfg.train.resume else None
+    if checkpoint is not None:
+        restored, rng_states = apply_checkpoint(
+            checkpoint, model=accelerator.unwrap_model(model), optimizer=optimizer.optimizer,
             scheduler=scheduler, scaler=scaler,
         )
         step = restored.pop("step")
         state.update(restored)
         set_rng_state(rng_states[min(accelerator.process_index, len(rng_states) - 1)])
         if main:
-            _truncate_metrics(run_dir / "metrics.jsonl", step)
-            log.info("resumed from %s at step %d", checkpoints[-1], step)
+            log.info("resumed from %s at step %d", checkpoint.path, step)
+    elif resuming and main:
+        log.warning("no checkpoint in %s could be read: the run starts over from step 0", checkpoint_dir)
+    if main:
+        # Records past the restored step (or every record, when starting over) are logged again.
+        truncate_metrics(run_dir / "metrics.jsonl", step if checkpoint is not None else -1)
 
     tracker = builders.trackers(
         cfg, run_dir, main, resumed_step=step, launch=launch, world_size=accelerator.num_processes
     )
+    if changes:
+        tracker.record({"resume_changes": change_record(changes)})
     try:
         result = _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, scheduler, data, tracker, state, step, evaluator)
+    except KeyboardInterrupt:
+        tracker.finish("interrupted")
+        raise RunInterrupted(run_dir, _last_checkpoint(checkpoint_dir)) from None
     except BaseException:
         tracker.finish("failed")
         raise
+    tracker.record({"adapters": _adapter_record(run_dir, state)})
     tracker.finish("completed")
     return result
+
+
+def _quiet(*_args) -> None:
+    pass
+
+
+def _finished_at(run_dir: Path) -> int | None:
+    """The step a completed run directory ended at (its final adapter written), else None."""
+    manifest = read_manifest(run_dir)
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    if not (run_dir / "adapter").is_dir() or not checkpoints or (manifest or {}).get("outcome") != "completed":
+        return None
+    return int(checkpoints[-1].name.split("_")[1])
+
+
+def _last_checkpoint(checkpoint_dir: Path) -> Path | None:
+    checkpoints = list_checkpoints(checkpoint_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _adapter_record(run_dir: Path, state: dict) -> dict:
+    best = None
+    if (run_dir / BEST_ADAPTER).is_dir():
+        best = {"path": BEST_ADAPTER, "step": state["best_step"], "val_loss": state["best_val_loss"]}
+    return {"final": "adapter", "best": best}
 
 
 def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, scheduler, data, tracker, state, step, evaluator=None) -> TrainResult:
@@ -167,71 +268,82 @@ def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, schedule
     tick = time.perf_counter()
     val_loss = None
     step_stats, step_loss = None, []
-    for batch in loader:
-        with accelerator.accumulate(model):
-            loss, stats = forward_loss(model, batch, text_cache)
-            accelerator.backward(loss)
-            step_stats = add_stats(step_stats, stats)
-            step_loss.append(loss.detach())
-            if not accelerator.sync_gradients:
-                continue
-            grad_norm = accelerator.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm or math.inf
-            )
-            # Every process decides alike: the loss sum is reduced, the grad norm is already global.
-            loss_sum = accelerator.reduce(torch.stack(step_loss).sum(), reduction="sum")
-            finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(loss_sum))
-            if finite or scaler is not None:
-                optimizer.step()  # with fp16 the grad scaler skips a non-finite step and lowers its scale
-            if finite:
-                scheduler.step()
-                state["consecutive_bad"] = 0
-                window_stats = add_stats(window_stats, step_stats)  # a skipped step's NaNs are not averaged in
-                window_loss.extend(step_loss)
-            else:
-                state["skipped_steps"] += 1
-                state["consecutive_bad"] += 1
-                if main:
-                    log.warning("step %d skipped: non-finite loss or gradient norm (%d in a row, %d in all)",
-                                step + 1, state["consecutive_bad"], state["skipped_steps"])
-            optimizer.zero_grad(set_to_none=True)
-            step_stats, step_loss = None, []
-        step += 1
-        state["draws"] = step * draws_per_step
-        step_times.append(time.perf_counter() - tick)
-        progress.update(1)
-
-        if state["consecutive_bad"] >= cfg.train.max_bad_steps:
-            tracker.log({"train/skipped_steps": state["skipped_steps"]}, step)
-            raise NonFiniteTrainingError(
-                f"{state['consecutive_bad']} consecutive steps had a non-finite loss or gradient (step {step}); "
-                "the last good checkpoint is kept. Lower --optim.lr, or use --train.mixed-precision bf16/no."
-            )
-        last = step == cfg.train.max_steps
-        checkpoint_due = bool(cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or last
-        # Logging at every checkpoint too closes the averaging window there, so a resumed run logs
-        # exactly the records the uninterrupted run logs.
-        if step % cfg.train.log_every == 0 or checkpoint_due:
-            if window_stats is None:  # every step since the last log was skipped
-                metrics = {"train/skipped_steps": state["skipped_steps"], "train/grad_norm": float(grad_norm)}
-            else:
-                metrics = _train_metrics(accelerator, window_stats, window_loss, step_times, frames_per_step, data, scheduler, grad_norm, state)
-                progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", fps=f"{metrics['perf/frames_per_s']:.0f}")
-            tracker.log(metrics, step)
-            window_stats, window_loss, step_times = None, [], []
-        if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
-            val_loss = _evaluate(cfg, model, data, text_cache, accelerator, tracker, step)
-            if main:
-                tag = "final" if last else f"step_{step:07d}"
-                _write_samples(cfg, model, tokenizer, data.sample_prompts, run_dir, tag, tracker, step, accelerator)
-                _generation_metrics(
-                    cfg, evaluator, model, tokenizer, tracker, step, accelerator, adapter=True, base=last, base_metrics=base_metrics
+    try:  # the bar is closed on any exit, so a message printed after it stays the last line
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss, stats = forward_loss(model, batch, text_cache)
+                accelerator.backward(loss)
+                step_stats = add_stats(step_stats, stats)
+                step_loss.append(loss.detach())
+                if not accelerator.sync_gradients:
+                    continue
+                grad_norm = accelerator.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], cfg.optim.max_grad_norm or math.inf
                 )
-            accelerator.wait_for_everyone()
-        if checkpoint_due:
-            _checkpoint(cfg, run_dir, step, model, optimizer, scheduler, scaler, state, accelerator)
-        tick = time.perf_counter()
-    progress.close()
+                # Every process decides alike: the loss sum is reduced, the grad norm is already global.
+                loss_sum = accelerator.reduce(torch.stack(step_loss).sum(), reduction="sum")
+                finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(loss_sum))
+                if finite or scaler is not None:
+                    optimizer.step()  # with fp16 the grad scaler skips a non-finite step and lowers its scale
+                if finite:
+                    scheduler.step()
+                    state["consecutive_bad"] = 0
+                    window_stats = add_stats(window_stats, step_stats)  # a skipped step's NaNs are not averaged in
+                    window_loss.extend(step_loss)
+                else:
+                    state["skipped_steps"] += 1
+                    state["consecutive_bad"] += 1
+                    if main:
+                        log.warning("step %d skipped: non-finite loss or gradient norm (%d in a row, %d in all)",
+                                    step + 1, state["consecutive_bad"], state["skipped_steps"])
+                optimizer.zero_grad(set_to_none=True)
+                step_stats, step_loss = None, []
+            step += 1
+            state["draws"] = step * draws_per_step
+            step_times.append(time.perf_counter() - tick)
+            progress.update(1)
+
+            if state["consecutive_bad"] >= cfg.train.max_bad_steps:
+                tracker.log({"train/skipped_steps": state["skipped_steps"]}, step)
+                raise NonFiniteTrainingError(
+                    f"{state['consecutive_bad']} consecutive steps had a non-finite loss or gradient (step {step}); "
+                    "the last good checkpoint is kept. Lower --optim.lr, or use --train.mixed-precision bf16/no."
+                )
+            last = step == cfg.train.max_steps
+            checkpoint_due = bool(cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or last
+            # Logging at every checkpoint too closes the averaging window there, so a resumed run logs
+            # exactly the records the uninterrupted run logs.
+            if step % cfg.train.log_every == 0 or checkpoint_due:
+                if window_stats is None:  # every step since the last log was skipped
+                    metrics = {"train/skipped_steps": state["skipped_steps"], "train/grad_norm": float(grad_norm)}
+                else:
+                    metrics = _train_metrics(accelerator, window_stats, window_loss, step_times, frames_per_step, data, scheduler, grad_norm, state)
+                    progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", fps=f"{metrics['perf/frames_per_s']:.0f}")
+                tracker.log(metrics, step)
+                window_stats, window_loss, step_times = None, [], []
+            if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
+                val_loss = _evaluate(cfg, model, data, text_cache, accelerator, tracker, step)
+                if main:
+                    _keep_best_adapter(cfg, accelerator.unwrap_model(model), run_dir, val_loss, step, state)
+                    tag = "final" if last else f"step_{step:07d}"
+                    if _can_sample(accelerator.unwrap_model(model), step):
+                        try:
+                            _write_samples(cfg, model, tokenizer, data.sample_prompts, run_dir, tag, tracker, step, accelerator)
+                            _generation_metrics(
+                                cfg, evaluator, model, tokenizer, tracker, step, accelerator, adapter=True, base=last,
+                                base_metrics=base_metrics,
+                            )
+                        except RuntimeError as error:
+                            if not _non_finite_sampling(error):
+                                raise
+                            log.warning("samples and generation metrics skipped at step %d: the model's output "
+                                        "probabilities are not finite (%s)", step, " ".join(str(error).split())[:120])
+                accelerator.wait_for_everyone()
+            if checkpoint_due:
+                _checkpoint(cfg, run_dir, step, model, optimizer, scheduler, scaler, state, accelerator)
+            tick = time.perf_counter()
+    finally:
+        progress.close()
 
     if main:
         builders.save_adapter(accelerator.unwrap_model(model), run_dir / "adapter", cfg)
@@ -268,6 +380,9 @@ def _evaluate(cfg, model, data, text_cache, accelerator, tracker, step) -> float
     """Validation loss on the fixed held-out windows, each process taking a disjoint share."""
     if len(data.val) == 0:
         return None
+    # The unwrapped model: the DDP wrapper's forward broadcasts buffers from rank 0, a collective
+    # that would wait forever for a rank holding fewer (or no) held-out windows.
+    model = accelerator.unwrap_model(model)
     model.eval()
     indices = list(range(accelerator.process_index, len(data.val), accelerator.num_processes))
     total = None
@@ -285,6 +400,37 @@ def _evaluate(cfg, model, data, text_cache, accelerator, tracker, step) -> float
     tracker.log(metrics, step)
     model.train()
     return metrics["val/loss"]
+
+
+def _keep_best_adapter(cfg, model, run_dir: Path, val_loss: float | None, step: int, state: dict) -> None:
+    """Save the adapter as adapter_best/ when this evaluation's validation loss is the lowest yet."""
+    if val_loss is None or not math.isfinite(val_loss):
+        return
+    if state["best_val_loss"] is not None and val_loss >= state["best_val_loss"]:
+        return
+    if not builders.adapter_is_finite(model):
+        return
+    tmp = run_dir / f".tmp_{BEST_ADAPTER}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    builders.save_adapter(model, tmp, cfg)
+    final = run_dir / BEST_ADAPTER
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    state["best_val_loss"], state["best_step"] = val_loss, step
+
+
+def _can_sample(model, step: int) -> bool:
+    """Sampling a model with non-finite weights fails inside torch.multinomial: skip it, say why."""
+    if builders.adapter_is_finite(model):
+        return True
+    log.warning("samples and generation metrics skipped at step %d: the adapter weights are not finite", step)
+    return False
+
+
+def _non_finite_sampling(error: RuntimeError) -> bool:
+    """torch.multinomial's refusal of NaN/Inf probabilities (a diverged model's logits)."""
+    message = str(error).lower()
+    return "probability tensor" in message or "nan" in message or "inf" in message
 
 
 def _write_samples(cfg, model, tokenizer, prompts, run_dir, tag, tracker, step, accelerator) -> None:
@@ -331,19 +477,3 @@ def _checkpoint(cfg, run_dir, step, model, optimizer, scheduler, scaler, state, 
         else:
             log.error("adapter weights are not finite at step %d: checkpoint not written", step)
     accelerator.wait_for_everyone()
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records logged after the checkpoint a run resumes from: they will be logged again."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if _record_step(line) <= step]
-    atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
-
-
-def _record_step(line: str) -> float:
-    """A record's step; a line cut short by a kill counts as past any checkpoint (it is dropped)."""
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf
