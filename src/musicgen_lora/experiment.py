@@ -44,6 +44,9 @@ def main(base: RunConfig, variants: Variants, *, script: str, description: str =
     install_log_redaction()
     cfg = resolve_config(base, variants, list(launch.argv), Path(script).stem, description)
     sys.argv[:] = redact(sys.argv)  # parsed: nothing that reads it later (W&B metadata) can copy a secret
+    code = preflight(cfg)
+    if code:
+        return code
     if cfg.output_dir is not None and cfg.tracking.wandb != "disabled":
         # Inside an Azure ML job (which always passes --output-dir): the W&B key from Key Vault, or
         # offline W&B in the run directory. Outside Azure ML this changes nothing.
@@ -61,4 +64,19 @@ def main(base: RunConfig, variants: Variants, *, script: str, description: str =
         print(f"error: {redact(str(error))}", file=sys.stderr)
         return 1
     print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def preflight(cfg: RunConfig) -> int:
+    """Option ranges, then the GPU; 0 when training may start. Runs before train() so a bad option
+    or an unusable GPU leaves no run directory behind."""
+    from musicgen_lora.gpu import GpuUnusableError, require_usable_gpu
+    from musicgen_lora.validation import ConfigValueError, validate_run_config
+
+    try:
+        validate_run_config(cfg)
+        require_usable_gpu(cfg.train.allow_cpu)
+    except (ConfigValueError, GpuUnusableError) as error:
+        print(f"error: {redact(str(error))}", file=sys.stderr)
+        return 2
     return 0
