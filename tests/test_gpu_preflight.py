@@ -144,3 +144,18 @@ def test_azure_job_command_stops_at_doctor_before_training(tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL  gpu" in result.stdout and "550.54.15" in result.stdout
     assert not run_dir.exists()  # the experiment never started
+
+
+def test_inputs_as_read_on_a_real_h200_machine(tmp_path):
+    """/dev, /proc and nvidia-smi as an H200 machine of this project showed them (driver 580.159.04)."""
+    for name in ("nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-caps"):
+        (tmp_path / name).touch()
+    proc = tmp_path / "version"
+    proc.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (nixbld@)  \n"
+                    "GCC version:  gcc version 15.3.0 (GCC) \n")
+    assert gpu.nvidia_device_nodes(tmp_path) == ["nvidia0"]
+    assert gpu.proc_driver_version(proc) == "580.159.04"
+    smi = fake_nvidia_smi(tmp_path / "bin", driver="580.159.04")
+    assert gpu.nvidia_smi_driver(command=(str(smi),)) == "580.159.04"
+    result = assess(["nvidia0"], "580.159.04", TorchCuda("2.11.0+cu130", "13.0", True), None)
+    assert result.ok and result.reason == "torch 2.11.0+cu130 uses the NVIDIA GPU (driver 580.159.04)"
