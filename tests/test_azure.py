@@ -546,3 +546,28 @@ def test_wandb_key_already_in_the_job_is_used_without_key_vault(wandb_env, tmp_p
     wandb_env.setenv("WANDB_API_KEY", FAKE_WANDB_KEY)
     wandb_env.setattr(secrets, "read_key_vault_secret", pytest.fail)
     assert secrets.configure_wandb_for_job(tmp_path) == "online"
+
+
+def test_dry_run_never_deletes_a_code_folder_it_did_not_write(repo, tmp_path):
+    """Issue 11.6: --dry-run-dir pointed at a project folder refuses instead of replacing its code/."""
+    mine = tmp_path / "project"
+    (mine / "code").mkdir(parents=True)
+    (mine / "code" / "train.py").write_text("print('mine')\n")
+    with pytest.raises(FileExistsError, match="no dry run wrote"):
+        submit_experiment(repo / EXPERIMENT, [], [0], _dry_run(repo, dry_run_dir=mine), [])
+    assert (mine / "code" / "train.py").read_text() == "print('mine')\n"
+    # Its own folder is replaced on the next dry run, as before.
+    fresh = tmp_path / "dry"
+    submit_experiment(repo / EXPERIMENT, [], [0], _dry_run(repo, dry_run_dir=fresh), [])
+    stale = fresh / "job_stale.yml"
+    stale.write_text("old")
+    submit_experiment(repo / EXPERIMENT, [], [0], _dry_run(repo, dry_run_dir=fresh), [])
+    assert not stale.exists() and (fresh / "code").is_dir()
+
+
+def test_download_into_an_existing_file_is_refused(tmp_path):
+    file = tmp_path / "run"
+    file.write_text("keep me")
+    with pytest.raises(FileExistsError, match="is an existing file"):
+        download_run_dir(SimpleNamespace(), "job", file)
+    assert file.read_text() == "keep me"

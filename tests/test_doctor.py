@@ -66,6 +66,7 @@ def test_doctor_json_is_the_report(capsys):
         "transformers",
         "pytree",
         "lock",
+        "gpu",
     }
 
 

@@ -31,6 +31,7 @@ from musicgen_lora.data import (
 from musicgen_lora.demo import write_demo_loops
 from musicgen_lora.manifest import Launch, ManifestTracker, build_manifest
 from musicgen_lora.model import AudioFormat
+from musicgen_lora.outputs import respect_umask
 from musicgen_lora.redact import redact
 from musicgen_lora.tokens import codec_encoder, load_codes, load_manifest, prepare_cache
 from musicgen_lora.tracking import (
@@ -233,6 +234,8 @@ def lora_model(cfg: RunConfig, model):
         model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=cfg.lora.targets
     )
     peft_model.peft_config["default"].base_model_name_or_path = cfg.model.name
+    # Saved in adapter_config.json: generate and export load the very weights the adapter was trained on.
+    peft_model.peft_config["default"].revision = cfg.model.revision
     if cfg.model.gradient_checkpointing:
         model_lib.enable_gradient_checkpointing(peft_model.get_base_model())
     if cfg.model.compile:
@@ -321,3 +324,4 @@ def save_adapter(model, folder: Path, cfg: RunConfig) -> None:
         raise RuntimeError("adapter weights are not finite; refusing to save them")
     # The embeddings are never resized here, so peft need not look up the base config to decide.
     model.save_pretrained(folder, save_embedding_layers=False)
+    respect_umask(Path(folder).iterdir())

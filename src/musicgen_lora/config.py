@@ -117,6 +117,9 @@ class TrainConfig:
     """Compute the frozen T5 states once per distinct caption instead of every step."""
     eval_max_windows: int = 64
     """Held-out windows per evaluation."""
+    allow_cpu: bool = False
+    """Train on the CPU even when an NVIDIA GPU is present that torch cannot use (say, a driver
+    older than the CUDA wheels need). Off: such a run stops at once and says why."""
 
 
 @dataclass(frozen=True)

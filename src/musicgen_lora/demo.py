@@ -8,12 +8,16 @@ Hugging Face audiofolder convention (file_name, text), exactly like a user's own
 from __future__ import annotations
 
 import csv
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile
 import tyro
+
+from musicgen_lora.outputs import OutputPathError, require_folder
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,28 @@ class DemoArgs:
     """Sample rate of the written WAV files."""
 
 
+DEMO_FILE = re.compile(r"[a-z0-9_]+_\d+bpm_v\d+\.wav|metadata\.csv")
+
+
+def check_out(out: Path) -> None:
+    """Refuse a file, or a folder whose metadata.csv is the user's (it holds other files): writing
+    the demo loops would replace their captions."""
+    require_folder("--out", out)
+    foreign = sorted(p.name for p in out.iterdir() if not DEMO_FILE.fullmatch(p.name)) if out.is_dir() else []
+    if foreign and (out / "metadata.csv").exists():
+        raise OutputPathError(f"--out {out} holds your files ({', '.join(foreign[:3])}) and a metadata.csv the demo "
+                              "loops would replace; choose a new or empty folder")
+
+
 def main(argv: list[str]) -> int:
     args = tyro.cli(DemoArgs, args=argv, prog="musicgen-lora demo-data")
+    try:
+        check_out(args.out)
+        if args.loops_per_style < 1 or args.sample_rate < 1:
+            raise ValueError(f"--loops-per-style and --sample-rate must be >= 1 (got {args.loops_per_style}, {args.sample_rate})")
+    except ValueError as error:  # OutputPathError included
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     paths = write_demo_loops(args.out, args.loops_per_style, args.sample_rate)
     print(f"wrote {len(paths)} loops and metadata.csv to {args.out}")
     return 0

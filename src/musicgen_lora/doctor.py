@@ -285,6 +285,18 @@ def check_lock(lock: LockFile, installed: dict[str, str]) -> Check:
     )
 
 
+def check_gpu() -> Check:
+    """FAIL when an NVIDIA GPU is present that torch cannot use (e.g. a driver older than the
+    locked CUDA wheels need): an Azure job's `doctor && python ...` then stops before training."""
+    from musicgen_lora.gpu import gpu_check
+
+    try:
+        result = gpu_check()
+    except Exception as error:  # a broken torch import is the torch-pair check's to report
+        return Check("gpu", False, f"cannot check: {type(error).__name__}: {error}")
+    return Check("gpu", result.ok, result.reason)
+
+
 def run_checks(lock_path: Path) -> DoctorReport:
     """Every check against `lock_path`; raises OSError / tomllib.TOMLDecodeError on a bad lock."""
     lock = read_lock(lock_path)
@@ -295,6 +307,7 @@ def run_checks(lock_path: Path) -> DoctorReport:
         check_transformers(),
         check_pytree(),
         check_lock(lock, installed),
+        check_gpu(),
     ]
     return DoctorReport(
         lock_path=lock_path.resolve(),
@@ -332,7 +345,9 @@ def format_report(report: DoctorReport) -> str:
         lines.append(f"OK: this environment matches uv.lock {report.lock_sha256}")
     else:
         names = ", ".join(check.name for check in report.failed)
-        lines.append(f"FAILED: {names}. Fix: {FIX}.")
+        # A driver too old for the wheels is fixed on the machine, not in the environment.
+        fix = "see the gpu line above" if [c.name for c in report.failed] == ["gpu"] else FIX
+        lines.append(f"FAILED: {names}. Fix: {fix}.")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -45,6 +46,9 @@ def main(base: RunConfig, variants: Variants, *, script: str, description: str =
     install_log_redaction()
     cfg = resolve_config(base, variants, list(launch.argv), Path(script).stem, description)
     sys.argv[:] = redact(sys.argv)  # parsed: nothing that reads it later (W&B metadata) can copy a secret
+    code = preflight(cfg)
+    if code:
+        return code
     if cfg.output_dir is not None and cfg.tracking.wandb != "disabled":
         # Inside an Azure ML job (which always passes --output-dir): the W&B key from Key Vault, or
         # offline W&B in the run directory. Outside Azure ML this changes nothing.
@@ -69,6 +73,8 @@ def main(base: RunConfig, variants: Variants, *, script: str, description: str =
     except KeyboardInterrupt:  # before training started: nothing to resume
         print("interrupted before training started", file=sys.stderr)
         return 130
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun / accelerate launch, one process speaks for the run
     if result.already_finished:
         print(f"{result.run_dir} is finished ({result.steps} steps); pass a larger --train.max-steps to train "
               "it further, or another --output-dir for a new run")
@@ -84,3 +90,18 @@ def resume_command(launch: Launch, run_dir: Path) -> str:
         argv += ["--output-dir", str(run_dir)]
     script = str(launch.experiment_file) if launch.experiment_file else "experiments/01_baseline.py"
     return shlex.join(["uv", "run", script, *argv])
+
+
+def preflight(cfg: RunConfig) -> int:
+    """Option ranges, then the GPU; 0 when training may start. Runs before train() so a bad option
+    or an unusable GPU leaves no run directory behind."""
+    from musicgen_lora.gpu import GpuUnusableError, require_usable_gpu
+    from musicgen_lora.validation import ConfigValueError, validate_run_config
+
+    try:
+        validate_run_config(cfg)
+        require_usable_gpu(cfg.train.allow_cpu)
+    except (ConfigValueError, GpuUnusableError) as error:
+        print(f"error: {redact(str(error))}", file=sys.stderr)
+        return 2
+    return 0

@@ -18,10 +18,20 @@ from types import SimpleNamespace
 
 import tyro
 
+from musicgen_lora.generate import base_of
 from musicgen_lora.model import TINY_MODEL, ModelLoadError
+from musicgen_lora.outputs import (
+    OutputPathError,
+    refuse_overlap,
+    require_folder,
+    respect_umask,
+    run_directory,
+)
 
 MUSICGEN_LICENSE = "cc-by-nc-4.0"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+EXPORT_RECORD = ".musicgen-lora-export.json"
+"""Written into every export: the files it wrote, which a later --overwrite may delete (only those)."""
 
 
 class ExportError(RuntimeError):
@@ -37,48 +47,93 @@ def export(
     run_dir: Path | None = None,
     cache_dir: Path | None = None,
     overwrite: bool = False,
+    revision: str | None = None,
 ) -> Path:
     """Write the adapter (or the merged model) and README.md to `out`; returns `out`.
 
-    `run_dir` (default: the adapter's parent when it holds config.json) and `cache_dir` (default: the
-    token cache that run used, when it is found) only feed the model card.
+    `run_dir` (default: the adapter's run directory, see outputs.run_directory) and `cache_dir`
+    (default: the token cache that run used, when it is found) only feed the model card. The base
+    model is loaded at `revision`, default the one the adapter recorded (--model.revision).
     """
-    adapter, out = Path(adapter), Path(out)
+    adapter, out = Path(adapter), Path(out).expanduser()
     config_path = adapter / "adapter_config.json"
     if not config_path.is_file():
         raise ExportError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
-    base = model_name or json.loads(config_path.read_text()).get("base_model_name_or_path")
-    if not base:
+    if not (model_name or json.loads(config_path.read_text()).get("base_model_name_or_path")):
         raise ExportError(f"{config_path} does not name its base model; pass --model")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ExportError(f"{out} exists and is not empty; pass --overwrite or choose another folder")
-        shutil.rmtree(out)
-    if run_dir is None and (adapter.parent / "config.json").is_file():
-        run_dir = adapter.parent
-    run_config = json.loads((run_dir / "config.json").read_text()) if run_dir else None
+    base, revision = base_of(adapter, model_name, revision)
+    run_dir = run_dir or run_directory(adapter)
+    try:
+        _prepare_out(out, adapter, run_dir, overwrite)
+    except OutputPathError as error:
+        raise ExportError(str(error)) from None
+    run_config = json.loads((run_dir / "config.json").read_text()) if run_dir and (run_dir / "config.json").is_file() else None
 
     out.mkdir(parents=True, exist_ok=True)
-    if merge:
-        model_config = _save_merged(adapter, base, out)
-    else:
-        for name in ADAPTER_FILES:
-            if (adapter / name).is_file():
-                shutil.copy2(adapter / name, out / name)  # byte-identical: the adapter as trained
-        model_config = _base_config(base)
-    data = data_description(run_config, model_config, base, cache_dir)
-    (out / "README.md").write_text(model_card(base, merged=merge, run_config=run_config, data=data))
+    try:
+        if merge:
+            model_config = _save_merged(adapter, base, out, revision)
+        else:
+            for name in ADAPTER_FILES:
+                if (adapter / name).is_file():
+                    shutil.copy2(adapter / name, out / name)  # byte-identical: the adapter as trained
+            model_config = _base_config(base, revision)
+        data = data_description(run_config, model_config, base, cache_dir)
+        (out / "README.md").write_text(model_card(base, merged=merge, run_config=run_config, data=data, revision=revision))
+    finally:  # even a failed export lists what it wrote, so --overwrite can replace it
+        _record_export(out)
     return out
 
 
-def _save_merged(adapter: Path, base: str, out: Path):
+def _prepare_out(out: Path, adapter: Path, run_dir: Path | None, overwrite: bool) -> None:
+    """Refuse an --out that would clobber the adapter, its run or the user's files; with
+    --overwrite, remove the files a previous export wrote there (and nothing else)."""
+    require_folder("--out", out)
+    refuse_overlap("--out", out, {"adapter folder": adapter})
+    if overwrite:  # replacing must never reach the run that produced the adapter
+        refuse_overlap("--out", out, {"run directory": run_dir})
+    if not (out.exists() and any(out.iterdir())):
+        return
+    if not overwrite:
+        raise OutputPathError(f"--out {out} exists and is not empty; pass --overwrite or choose another folder")
+    for name in _previous_export(out):
+        (out / name).unlink(missing_ok=True)
+    (out / EXPORT_RECORD).unlink()
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def _previous_export(out: Path) -> set[str]:
+    """The files an earlier export recorded in `out`; refuses a folder holding anything else."""
+    record = out / EXPORT_RECORD
+    if not record.is_file():
+        raise OutputPathError(f"--out {out} is not empty and was not written by musicgen-lora export; "
+                              "--overwrite replaces only a previous export: choose an empty or new folder")
+    written = set(json.loads(record.read_text())["files"])
+    foreign = sorted(_files(out) - written - {EXPORT_RECORD})
+    if foreign:
+        raise OutputPathError(f"--out {out} holds files no export wrote ({', '.join(foreign[:3])}); "
+                              "move them or choose another folder")
+    return written
+
+
+def _record_export(out: Path) -> None:
+    """List what this export wrote, so a later --overwrite deletes exactly that."""
+    files = sorted(_files(out) - {EXPORT_RECORD})
+    respect_umask(out / name for name in files)  # copies and safetensors would keep 0600
+    (out / EXPORT_RECORD).write_text(json.dumps({"files": files}, indent=2) + "\n")
+
+
+def _save_merged(adapter: Path, base: str, out: Path, revision: str | None = None):
     """Base + adapter with the LoRA update merged into the weights, saved as a plain MusicGen."""
     from transformers import EncodecFeatureExtractor, MusicgenProcessor
 
     from musicgen_lora.generate import load_with_adapter
     from musicgen_lora.model import audio_format
 
-    model, tokenizer = load_with_adapter(adapter, base, device="cpu")
+    model, tokenizer = load_with_adapter(adapter, base, device="cpu", revision=revision)
     merged = model.merge_and_unload()
     merged.save_pretrained(out)  # safetensors + config.json + generation_config.json
     fmt = audio_format(merged)
@@ -91,7 +146,7 @@ def _save_merged(adapter: Path, base: str, out: Path):
     return merged.config
 
 
-def _base_config(base: str):
+def _base_config(base: str, revision: str | None = None):
     """The base model's config (no weights), or None when it cannot be read offline."""
     if base == TINY_MODEL:
         from musicgen_lora.model import build_tiny_musicgen
@@ -100,7 +155,7 @@ def _base_config(base: str):
     from transformers import MusicgenConfig
 
     try:
-        return MusicgenConfig.from_pretrained(base, local_files_only=True)
+        return MusicgenConfig.from_pretrained(base, revision=revision, local_files_only=True)
     except (OSError, ValueError):
         return None
 
@@ -152,7 +207,7 @@ def license_text(base: str) -> tuple[str, str]:
     )
 
 
-def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict) -> str:
+def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict, revision: str | None = None) -> str:
     license_id, license_sentence = license_text(base)
     kind = "MusicGen with a LoRA adapter merged into its weights" if merged else "LoRA adapter (PEFT) for MusicGen"
     lines = [
@@ -166,7 +221,7 @@ def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict) 
         "",
         f"# {kind}",
         "",
-        f"- **Base model:** `{base}`",
+        f"- **Base model:** `{base}`" + (f" at revision `{revision}`" if revision else ""),
         f"- **Format:** {'standalone checkpoint (safetensors, processor, generation config)' if merged else 'PEFT adapter (adapter_config.json + adapter_model.safetensors)'}",
         "",
         "## License",
@@ -200,7 +255,7 @@ def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict) 
             "# uv run musicgen-lora generate --adapter PATH --prompt \"a drum loop\" --out loop.wav",
             "from peft import PeftModel",
             "from transformers import MusicgenForConditionalGeneration",
-            f"base = MusicgenForConditionalGeneration.from_pretrained(\"{base}\")",
+            f"base = MusicgenForConditionalGeneration.from_pretrained(\"{base}\"" + (f", revision=\"{revision}\")" if revision else ")"),
             "model = PeftModel.from_pretrained(base, \"PATH\")",
         ]
     lines += ["```", ""]
@@ -253,7 +308,10 @@ class ExportArgs:
     cache: Path | None = None
     """Token cache of the training data for the card; default: the one the run used, if found here."""
     overwrite: bool = False
-    """Replace a non-empty output folder."""
+    """Replace a previous export in the output folder (only files an export wrote there; never the
+    adapter's folder or its run directory)."""
+    revision: str | None = None
+    """Hub revision of the base model; default: the one recorded with the adapter (--model.revision of its run)."""
 
 
 def main(argv: list[str]) -> int:
@@ -261,7 +319,7 @@ def main(argv: list[str]) -> int:
     try:
         out = export(
             args.adapter, args.out, merge=args.merge, model_name=args.model,
-            run_dir=args.run_dir, cache_dir=args.cache, overwrite=args.overwrite,
+            run_dir=args.run_dir, cache_dir=args.cache, overwrite=args.overwrite, revision=args.revision,
         )
     except (ExportError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -16,7 +16,14 @@ import torch
 import tyro
 
 from musicgen_lora.collate import codebook_delays
-from musicgen_lora.model import audio_format, load_musicgen
+from musicgen_lora.model import ModelLoadError, audio_format, load_musicgen
+from musicgen_lora.validation import (
+    ConfigValueError,
+    check_generation_seconds,
+    max_generation_seconds,
+)
+
+DEFAULT_MODEL = "facebook/musicgen-small"
 
 
 def generation_length(seconds: float, frame_rate: int, num_codebooks: int, audio_channels: int) -> tuple[int, int]:
@@ -66,15 +73,26 @@ def generate_audio(
     return audio[..., :samples].float().cpu().numpy()
 
 
-def load_with_adapter(adapter: Path, model_name: str | None = None, device: str | None = None):
-    """Base model named in the adapter's config (or `model_name`) with the adapter applied."""
-    from peft import PeftModel
-
-    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
-    name = model_name or adapter_config.get("base_model_name_or_path")
+def base_of(adapter: Path, model_name: str | None = None, revision: str | None = None) -> tuple[str, str | None]:
+    """(base model, revision) for an adapter: the ones recorded in its adapter_config.json unless
+    given. The recorded revision pins the recorded model only, never another --model."""
+    adapter_config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    recorded = adapter_config.get("base_model_name_or_path")
+    name = model_name or recorded
     if not name:
         raise ValueError(f"{adapter} does not name its base model; pass --model")
-    model, tokenizer = load_musicgen(name)
+    if revision is None and name == recorded:
+        revision = adapter_config.get("revision")
+    return name, revision
+
+
+def load_with_adapter(adapter: Path, model_name: str | None = None, device: str | None = None, revision: str | None = None):
+    """Base model named in the adapter's config (or `model_name`), at the revision the adapter
+    recorded (or `revision`), with the adapter applied."""
+    from peft import PeftModel
+
+    name, revision = base_of(adapter, model_name, revision)
+    model, tokenizer = load_musicgen(name, revision=revision)
     model = PeftModel.from_pretrained(model, adapter)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
@@ -125,6 +143,35 @@ class GenerateArgs:
     """Greedy decoding instead of sampling."""
     device: str | None = None
     """cuda or cpu; default: cuda when available."""
+    revision: str | None = None
+    """Hub revision of the base model; default: the one recorded with the adapter (--model.revision of its run)."""
+
+
+def check_args(args: GenerateArgs) -> None:
+    """Ranges and the output path, before any model is loaded (the longest clip needs the model)."""
+    if not args.seconds > 0:
+        raise ConfigValueError(f"--seconds must be > 0 (got {args.seconds!r})")
+    if not args.guidance > 0:
+        raise ConfigValueError(f"--guidance must be > 0 (1: no guidance) (got {args.guidance!r})")
+    if args.top_k < 0:
+        raise ConfigValueError(f"--top-k must be >= 0 (0: no top-k filtering) (got {args.top_k!r})")
+    if not args.temperature > 0:
+        raise ConfigValueError(f"--temperature must be > 0 (got {args.temperature!r})")
+    out = args.out.expanduser()
+    single_file = args.batch is None and out.suffix == ".wav"
+    if single_file and len(args.prompt) == 1 and out.is_dir():
+        raise ConfigValueError(f"--out {args.out} is an existing folder; give a .wav file, or a folder name without .wav")
+    if not single_file and out.exists() and not out.is_dir():
+        raise ConfigValueError(f"--out {args.out} is an existing file; {'--batch' if args.batch else 'several prompts'} "
+                               "write a folder (or give a .wav stem)")
+
+
+def max_seconds(model) -> float:
+    """The longest clip this model generates in one go (see validation.max_generation_seconds)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    fmt = audio_format(base)
+    delay = max(codebook_delays(base.config.decoder.num_codebooks, fmt.channels))
+    return max_generation_seconds(base.config.decoder.max_position_embeddings, fmt.frame_rate, delay)
 
 
 def main(argv: list[str]) -> int:
@@ -133,9 +180,15 @@ def main(argv: list[str]) -> int:
         print("error: give either --prompt (one or more prompts) or --batch prompts.jsonl, not both and not neither",
               file=sys.stderr)
         return 2
-    if args.batch is not None:
-        return _main_batch(args)
-    model, tokenizer = _load(args)
+    try:
+        check_args(args)
+        if args.batch is not None:
+            return _main_batch(args)
+        model, tokenizer = _load(args)
+        check_generation_seconds("--seconds", args.seconds, maximum=max_seconds(model), model=_model_name(args))
+    except (ConfigValueError, ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     rate = audio_format(base).sample_rate
     audio = generate_audio(
@@ -155,10 +208,14 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _model_name(args: GenerateArgs) -> str:
+    return base_of(args.adapter, args.model)[0] if args.adapter is not None else (args.model or DEFAULT_MODEL)
+
+
 def _load(args: GenerateArgs):
     if args.adapter is not None:
-        return load_with_adapter(args.adapter, args.model, args.device)
-    model, tokenizer = load_musicgen(args.model or "facebook/musicgen-small")
+        return load_with_adapter(args.adapter, args.model, args.device, args.revision)
+    model, tokenizer = load_musicgen(args.model or DEFAULT_MODEL, revision=args.revision)
     return model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
 
 
@@ -276,6 +333,13 @@ def generate_batch(model, tokenizer, jobs: list[BatchJob], out: Path, *, top_k: 
     return rows, errors
 
 
+def _fits(jobs: list[BatchJob], maximum: float, model: str) -> tuple[list[BatchJob], list[BatchError]]:
+    """(jobs the model can generate in one go, errors for the lines asking for more seconds)."""
+    errors = [(job.line, f"'seconds' must be at most {maximum:g} for {model} (got {job.seconds!r})")
+              for job in jobs if job.seconds > maximum]
+    return [job for job in jobs if job.seconds <= maximum], errors
+
+
 def _main_batch(args: GenerateArgs) -> int:
     try:
         lines = args.batch.read_text(encoding="utf-8").splitlines()
@@ -286,6 +350,9 @@ def _main_batch(args: GenerateArgs) -> int:
     rows: list[dict] = []
     if jobs:
         model, tokenizer = _load(args)
+        jobs, too_long = _fits(jobs, max_seconds(model), _model_name(args))
+        errors += too_long
+    if jobs:
         rows, failed = generate_batch(
             model, tokenizer, jobs, args.out, top_k=args.top_k, temperature=args.temperature, greedy=args.greedy
         )

@@ -39,6 +39,7 @@ import tyro
 
 from musicgen_lora.audio import AudioError, decode, find_audio_files, resample
 from musicgen_lora.captions import fallback_caption, read_metadata
+from musicgen_lora.outputs import require_folder
 from musicgen_lora.tokens import atomic_write_bytes, atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
@@ -403,6 +404,7 @@ def main(argv: list[str]) -> int:
     args = tyro.cli(LoopsArgs, args=argv, prog="musicgen-lora loops")
     fields = {k: v for k, v in asdict(args).items() if k not in {"in_dir", "out"}}
     try:
+        require_folder("--out", args.out)
         result = extract_loops(args.in_dir, args.out, LoopSettings(**fields))
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

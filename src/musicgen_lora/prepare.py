@@ -26,6 +26,7 @@ import tyro
 
 from musicgen_lora.builders import default_cache_dir, percussive_encoder
 from musicgen_lora.model import ModelLoadError, audio_format, codec_identity, load_musicgen
+from musicgen_lora.outputs import require_folder
 from musicgen_lora.tokens import (
     CacheMismatchError,
     NoUsableAudioError,
@@ -59,6 +60,14 @@ class PrepareArgs:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = tyro.cli(PrepareArgs, args=argv, prog="musicgen-lora prepare")
+    try:  # before the model loads: a wrong path costs nothing
+        if args.cache is not None:
+            require_folder("--cache", args.cache)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    except ValueError as error:  # OutputPathError included
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         model, _ = load_musicgen(args.model)

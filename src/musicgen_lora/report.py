@@ -20,6 +20,7 @@ from typing import Annotated
 import numpy as np
 import tyro
 
+from musicgen_lora.outputs import require_folder
 from musicgen_lora.tracking import WANDB_RUN_FILE, WANDB_STEP, read_metrics
 
 PROG = "musicgen-lora report"
@@ -455,6 +456,7 @@ def write_report(args: ReportArgs, command: str = PROG) -> tuple[Path, str, list
 def main(argv: list[str]) -> int:
     args = tyro.cli(ReportArgs, args=argv, prog=PROG)
     try:
+        require_folder("--out", args.out)
         path, experiment, runs = write_report(args, command=" ".join([PROG, *argv]))
     except (FileNotFoundError, ValueError) as error:
         print(f"{PROG}: {error}", file=sys.stderr)

@@ -18,6 +18,7 @@ from typing import Annotated
 
 import tyro
 
+from musicgen_lora.outputs import require_folder
 from musicgen_lora.tracking import run_name
 
 PROG = "musicgen-lora sweep"
@@ -92,6 +93,9 @@ def main(argv: list[str]) -> int:
     own, azure, passthrough = split_argv(list(argv))
     args = tyro.cli(SweepArgs, args=own, prog=PROG)
     try:
+        if not args.seeds:
+            raise ValueError("--seeds needs at least one seed, e.g. --seeds 0 1 2")
+        require_folder("--root", args.root)
         variants = select_variants(list(load_experiment(args.experiment).VARIANTS), args.variants)
     except (FileNotFoundError, ValueError) as error:
         print(f"{PROG}: {error}", file=sys.stderr)

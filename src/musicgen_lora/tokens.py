@@ -28,6 +28,7 @@ from filelock import FileLock
 from musicgen_lora.audio import AudioError, find_audio_files, load_audio
 from musicgen_lora.captions import caption_files, fallback_warning
 from musicgen_lora.model import AudioFormat
+from musicgen_lora.outputs import current_umask
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,16 @@ def file_sha256(path: Path) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so readers never see a half-written file."""
+    """Write via a temporary file and rename, so readers never see a half-written file.
+
+    mkstemp creates the file 0600; it gets the mode a plain open() would give (0666 & ~umask), so
+    run files and the token cache stay readable to a shared group.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -43,6 +43,8 @@ def download_run_dir(client: MLClient, name: str, destination: Path) -> Path:
     result is ready for `musicgen-lora report`.
     """
     destination = destination.resolve()
+    if destination.exists() and not destination.is_dir():
+        raise FileExistsError(f"--to {destination} is an existing file; give a folder (new or empty)")
     if destination.exists() and any(destination.iterdir()):
         raise FileExistsError(f"{destination} exists and is not empty")
     destination.parent.mkdir(parents=True, exist_ok=True)

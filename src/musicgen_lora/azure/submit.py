@@ -27,8 +27,11 @@ from musicgen_lora.azure.job import JobSpec
 from musicgen_lora.azure.repo import RepoState, find_repo_root, read_repo_state
 from musicgen_lora.azure.secrets import DEFAULT_SECRET_NAME
 from musicgen_lora.azure.snapshot import CodeSnapshot, write_code_snapshot
+from musicgen_lora.outputs import require_folder
 
 DRY_RUN_DIR = ".azureml-dryrun"
+DRY_RUN_MARKER = ".musicgen-lora-dry-run"
+"""Written into every dry-run folder: a later dry run may replace what it holds there."""
 # In a dry run the workspace is never contacted, so its Key Vault is unknown; a real submit fills it in.
 DRY_RUN_KEYVAULT_URL = "https://<workspace-key-vault>.vault.azure.net/"
 
@@ -159,7 +162,7 @@ def submit_experiment(
     runs = [(variant, seed) for variant in (list(variants) or [None]) for seed in seeds]
     if options.dry_run:
         folder = (options.dry_run_dir or plan.root / DRY_RUN_DIR).resolve()
-        _clear_dry_run_outputs(folder)
+        _clear_dry_run_outputs(folder, owned=folder == (plan.root / DRY_RUN_DIR).resolve())
         return _write_dry_run(plan, runs, folder)
     with tempfile.TemporaryDirectory(prefix="musicgen-lora-submit-") as staging:
         return _submit_to_workspace(plan, runs, Path(staging))
@@ -248,8 +251,17 @@ def _stage(plan: _Plan, folder: Path) -> tuple[Path, CodeSnapshot]:
     return context, code
 
 
-def _clear_dry_run_outputs(folder: Path) -> None:
-    """Remove what an earlier dry run wrote (only that), so no stale job file is left behind."""
+def _clear_dry_run_outputs(folder: Path, owned: bool = False) -> None:
+    """Remove what an earlier dry run wrote (only that), so no stale job file is left behind.
+
+    A folder the user chose is cleared only when a dry run marked it (a `code/` or
+    `environment.yml` of their own is refused, never deleted); the default folder is ours by name.
+    """
+    require_folder("--dry-run-dir", folder)
+    ours = [folder / "environment", folder / "code", folder / "environment.yml", *folder.glob("job_*.yml")]
+    found = [path.name for path in ours if path.exists()]
+    if found and not owned and not (folder / DRY_RUN_MARKER).is_file():
+        raise FileExistsError(f"--dry-run-dir {folder} holds {', '.join(found)} that no dry run wrote; choose another folder")
     for name in ("environment", "code"):
         shutil.rmtree(folder / name, ignore_errors=True)
     for stale in [folder / "environment.yml", *folder.glob("job_*.yml")]:
@@ -260,6 +272,7 @@ def _write_dry_run(plan: _Plan, runs: list[tuple[str | None, int]], folder: Path
     context, code = _stage(plan, folder)
     # For inspection, or for `az ml environment create -f` by hand.
     environment_entity(plan.environment, context).dump(folder / "environment.yml")
+    (folder / DRY_RUN_MARKER).write_text("written by musicgen-lora azure submit --dry-run; it may replace this folder's files\n")
     jobs = []
     for variant, seed in runs:
         spec = plan.job_spec(variant, seed, code.folder, DRY_RUN_KEYVAULT_URL)
