@@ -21,8 +21,8 @@ ROOTS="transformers peft accelerate huggingface-hub tokenizers safetensors tyro 
 # Present on the machine (or too big to carry): never bundled, even when a root depends on them.
 PRESENT="torch numpy scipy numba llvmlite scikit-learn joblib threadpoolctl matplotlib contourpy cycler
 fonttools kiwisolver pillow pyparsing python-dateutil six tqdm rich markdown-it-py mdurl pygments packaging
-pyyaml regex filelock fsspec typing-extensions psutil requests urllib3 certifi idna charset-normalizer jinja2
-markupsafe sympy mpmath networkx setuptools triton platformdirs"
+pyyaml regex filelock fsspec typing-extensions psutil idna jinja2
+markupsafe sympy mpmath networkx setuptools triton"
 
 specs=$(python3 - "$ROOTS" "$PRESENT" <<'PY'
 import re, sys, tomllib
