@@ -35,21 +35,40 @@ if [[ $QUICK == 1 || $DEVICE == cpu || -n ${UV:-} || -n ${VIRTUAL_ENV:-} ]] && [
     PY=${ACCEPTANCE_PYTHON:-$([[ -x .venv/bin/python ]] && echo "$PWD/.venv/bin/python" || command -v python3)}
     echo "using $PY (no wheel install)"
 else
+    PY=""
     BASE=${ACCEPTANCE_BASE_PYTHON:-python3}
     VENV=${ACCEPTANCE_VENV:-/tmp/accept-venv}
-    ls .device-wheels/*.whl >/dev/null 2>&1 || { echo "no .device-wheels/: run benchmarks/device_bundle.sh first" >&2; exit 2; }
-    rm -rf "$VENV"
-    "$BASE" -m venv --system-site-packages "$VENV"
-    wheels=(.device-wheels/*.whl)
+    WHEELS=${ACCEPTANCE_WHEELS:-.device-wheels}
+    ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "no $WHEELS/*.whl: run benchmarks/device_bundle.sh first" >&2; exit 2; }
+    wheels=("$WHEELS"/*.whl)
     # The machine's torchaudio matches its torch build; ours only fills in where it has none.
     if "$BASE" -c "import torchaudio" 2>/dev/null; then
         wheels=("${wheels[@]/*torchaudio-*/}")
     fi
-    "$VENV/bin/python" -m pip install --quiet --no-index --no-deps --disable-pip-version-check ${wheels[@]} \
-        > "$WORK/logs/install.log" 2>&1 || { echo "wheel install failed:"; tail -n 30 "$WORK/logs/install.log"; }
-    PY=$VENV/bin/python
-    echo "installed $(ls .device-wheels/*.whl | wc -l) wheels into $VENV in $(elapsed) s"
+    rm -rf "$VENV"
+    if "$BASE" -m venv --system-site-packages "$VENV" > "$WORK/logs/install.log" 2>&1; then
+        # The base python may itself be a venv (torch in its own site-packages, which
+        # --system-site-packages does not see): list its site dirs after ours, so our wheels win.
+        "$BASE" -c "import sys; print('\n'.join(p for p in sys.path if p.endswith(('site-packages', 'dist-packages'))))" \
+            > "$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz_base_site.pth"
+        "$VENV/bin/python" -m pip install --quiet --no-index --no-deps --ignore-installed --disable-pip-version-check ${wheels[@]} \
+            >> "$WORK/logs/install.log" 2>&1 && PY=$VENV/bin/python
+    fi
+    if [[ -z ${PY:-} ]]; then
+        # No venv or pip on the machine: a wheel is a zip of site-packages content, so unpack them
+        # into one folder ahead of the base python's own packages.
+        echo "venv/pip install failed (see install.log); unpacking the wheels instead"
+        tail -n 5 "$WORK/logs/install.log"
+        rm -rf "$VENV" && mkdir -p "$VENV/site"
+        for wheel in ${wheels[@]}; do "$BASE" -m zipfile -e "$wheel" "$VENV/site"; done
+        export PYTHONPATH=$VENV/site:$PYTHONPATH
+        PY=$BASE
+    fi
+    echo "installed ${#wheels[@]} wheels for $PY in $(elapsed) s"
 fi
+"$PY" -c "import torch, transformers, peft, accelerate; print('python', __import__('sys').version.split()[0], \
+'torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'from', transformers.__file__, \
+'peft', peft.__version__, 'accelerate', accelerate.__version__)" || echo "core imports FAILED with $PY"
 
 if [[ $QUICK == 1 ]]; then
     ARCH=tiny; TRAIN_SHAPE=(--batch-size 2 --window-seconds 0.5 --reference-pad-seconds 1)
@@ -74,6 +93,8 @@ BENCH=(benchmarks/train_throughput.py --device "$DEVICE" --arch "$ARCH" --model-
 run_stage() {
     local name=$1 limit=$2 left rc t0 note=""
     shift 2
+    # ACCEPTANCE_ONLY="env smoke ...": run just those stages (checking one stage's plumbing).
+    if [[ -n ${ACCEPTANCE_ONLY:-} && " $ACCEPTANCE_ONLY " != *" $name "* ]]; then return; fi
     left=$(( BUDGET - $(elapsed) ))
     if (( left < 15 )); then
         echo "== [$(elapsed)s] $name: SKIPPED (budget of ${BUDGET}s spent)"
