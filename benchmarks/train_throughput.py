@@ -10,9 +10,19 @@ the same clips and captions, and the same LoRA (rank 16 on the decoder's attenti
   ours        the training defaults: pre-encoded token windows, cached T5 states, no padding,
               SDPA, bf16 autocast + bf16 frozen weights and fused AdamW on GPU (fp32 on CPU).
   extras      options measured on top of ours: torch.compile, gradient checkpointing, data workers.
+  peer        what researchers would otherwise run, Hugging Face's MusicGen LoRA ("dreamboothing")
+              recipe as written: labels laid out once with `build_delay_pattern_mask` +
+              `apply_delay_pattern_mask`, the HF forward with `labels` (T5 every step),
+              `enable_input_require_grads()` (backprop through the frozen T5), batches padded to the
+              longest clip with -100, fp16 autocast + grad scaler on GPU (fp32 on CPU).
+  peer_lean   the peer without `enable_input_require_grads()`.
 
-Throughput is counted in *useful* audio seconds per second: the reference's zero-padding is work
-that teaches nothing, so only its real audio counts. Every arm runs in a fresh process (its peak
+Two data regimes (--regime): `fixed`, every clip as long as the window (the peer pads nothing), and
+`loops`, a folder of loops of 2-30 s (deterministic, the demo drum synth): the peer pads each batch to
+its longest clip, ours trains on its windows (short loops tiled, long ones windowed).
+
+Throughput is counted in *useful* audio seconds per second: zero-padding (the reference's, the
+peer's) is work that teaches nothing, so only real audio counts. Every arm runs in a fresh process (its peak
 memory is its own), arms alternate over --rounds (load on a shared machine hits all of them alike),
 and each figure is a median over the timed steps after warm-up.
 
@@ -21,6 +31,8 @@ Run (the committed CPU numbers, and the H100 targets):
         --steps 2 --warmup 1 --rounds 3
     uv run benchmarks/train_throughput.py --device cuda --arch small --batch-size 8 \\
         --window-seconds 30 --steps 20 --warmup 5 --rounds 2
+    uv run benchmarks/train_throughput.py --device cuda --arch small --batch-size 8 --regime loops \
+        --clips 16 --arms ours peer peer_lean
 """
 
 from __future__ import annotations
@@ -84,6 +96,10 @@ class Arm:
     compile: bool = False
     gradient_checkpointing: bool = False
     num_workers: int = 0
+    peer: bool = False
+    """The HF recipe's loop (labels through the HF forward, batches padded to the longest clip)."""
+    input_require_grads: bool = False
+    """`model.enable_input_require_grads()`, as the HF recipe does (gradients through frozen T5)."""
 
 
 def arms(device_type: str, pad_seconds: float) -> list[Arm]:
@@ -113,7 +129,13 @@ def arms(device_type: str, pad_seconds: float) -> list[Arm]:
     ]
     if not gpu:
         extras.append(replace(ours, name="bf16_cpu", change="ours + bf16 autocast, bf16 frozen weights (CPU)", precision="bf16"))
-    return [*ladder, ours, *extras]
+    peer = Arm(
+        "peer", "HF LoRA recipe: HF forward with labels, T5 every step, enable_input_require_grads, "
+        "padded to the batch's longest clip, " + ("fp16 autocast" if gpu else "fp32"),
+        cache_text=False, precision="fp16" if gpu else "fp32", peer=True, input_require_grads=True,
+    )
+    peer_lean = replace(peer, name="peer_lean", change="peer without enable_input_require_grads", input_require_grads=False)
+    return [*ladder, ours, *extras, peer, peer_lean]
 
 
 @dataclass(frozen=True)
@@ -130,6 +152,7 @@ class Setup:
     clips: list  # [(audio float32 (samples,), codes int16 (K, T), caption)]
     silence_codes: np.ndarray
     threads: int | None = None
+    regime: str = "fixed"
 
 
 @dataclass(frozen=True)
@@ -142,6 +165,11 @@ class Args:
     batch_size: int = 1
     window_seconds: float = 10.0
     """Training window of ours (the reference always pads to --reference-pad-seconds)."""
+    regime: Literal["fixed", "loops"] = "fixed"
+    """fixed: every clip --clip-seconds long; loops: clips of --loop-seconds (min, max), the lengths
+    of a real loop folder (the peer pads each batch to its longest clip)."""
+    loop_seconds: tuple[float, float] = (2.0, 30.0)
+    """Shortest and longest clip of the loops regime (lengths spread deterministically between)."""
     clip_seconds: float | None = None
     """Length of each clip (real audio); None: the window length, so ours and the reference see the
     same real audio per example and only the reference's padding differs."""
@@ -184,6 +212,9 @@ def measure_arm(arm: Arm, setup: Setup) -> dict:
     model, tokenizer = builders.base_model(cfg.model, device)
     fmt = model_lib.audio_format(model)
     delays = codebook_delays(fmt.num_codebooks, fmt.channels)
+    peer_labels = [recipe_labels(model, codes, fmt.pad_token_id) for _, codes, _ in setup.clips] if arm.peer else None
+    if arm.input_require_grads:  # the recipe calls it on the base model before LoRA
+        model.enable_input_require_grads()
     model = builders.lora_model(cfg, model)
     model.train()
     total = setup.warmup + setup.steps + (2 if arm.compile else 0)
@@ -194,17 +225,21 @@ def measure_arm(arm: Arm, setup: Setup) -> dict:
                               enabled=arm.precision != "fp32")
     text_cache = TextStateCache() if arm.cache_text else None
     encode = codec_encoder(model.get_base_model().audio_encoder, fmt, device)
-    loader = _loader(arm, setup, tokenizer, fmt, delays, total)
+    loader = _loader(arm, setup, tokenizer, fmt, delays, total, peer_labels)
 
     def step(batch: dict) -> float:
-        if arm.encode_audio:  # the original loop: tokens from raw audio, every step
+        if arm.peer:  # the recipe: the HF forward computes T5, shifts the labels and returns the loss
+            with autocast:
+                loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        elif arm.encode_audio:  # the original loop: tokens from raw audio, every step
             with autocast:
                 codes = encode(batch.pop("audio"))
             valid = torch.ones(codes.shape[0], codes.shape[-1], dtype=torch.bool)
             ids, labels = delay_pattern_labels(codes, valid, delays, fmt.pad_token_id)
             batch.update(decoder_input_ids=ids.to(device), labels=labels.to(device))
-        with autocast:
-            loss, _ = forward_loss(model, batch, text_cache)
+        if not arm.peer:
+            with autocast:
+                loss, _ = forward_loss(model, batch, text_cache)
         (scaler.scale(loss) if scaler else loss).backward()
         _sync(device)
         tick = time.perf_counter()
@@ -221,7 +256,7 @@ def measure_arm(arm: Arm, setup: Setup) -> dict:
         _sync(device)
         return time.perf_counter() - tick
 
-    step_s, cpu_s, data_s, optim_s, text_tokens = [], [], [], [], []
+    step_s, cpu_s, data_s, optim_s, text_tokens, useful_s, positions = [], [], [], [], [], [], []
     batches = iter(loader)
     for index in range(total):
         timed = index >= total - setup.steps
@@ -229,6 +264,7 @@ def measure_arm(arm: Arm, setup: Setup) -> dict:
             _reset_peak_memory(device)
         start, cpu_start = time.perf_counter(), time.process_time()
         batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+        useful = float(batch.pop("useful_seconds").sum())
         loaded = time.perf_counter()
         optim_time = step(batch)
         end = time.perf_counter()
@@ -238,26 +274,51 @@ def measure_arm(arm: Arm, setup: Setup) -> dict:
             data_s.append(loaded - start)
             optim_s.append(optim_time)
             text_tokens.append(int(batch["attention_mask"].shape[1]))
-    positions = int(batch["decoder_input_ids"].shape[-1])
+            useful_s.append(useful)
+            # The peer's decoder runs on the padded label length; ours on frames + the delay tail.
+            positions.append(int(batch["labels"].shape[1]))
+    tail = 0 if arm.peer else max(delays)
     return {
         "step_s": step_s, "cpu_s": cpu_s, "data_s": data_s, "optim_s": optim_s, "peak_memory_gb": _peak_memory_gb(device),
-        "positions": positions, "text_tokens": statistics.mean(text_tokens),
-        "frames_per_example": positions - max(delays), "frame_rate": fmt.frame_rate,
+        "positions": positions, "text_tokens": text_tokens, "useful_s": useful_s,
+        "frames": [setup.batch_size * (p - tail) for p in positions], "frame_rate": fmt.frame_rate,
     }
 
 
-def _loader(arm: Arm, setup: Setup, tokenizer, fmt, delays, total: int):
-    """Pre-encoded windows through the real data path, or (reference) raw audio padded per step."""
+def recipe_labels(model, codes: np.ndarray, pad_token_id: int) -> torch.Tensor:
+    """The HF recipe's labels for one clip's codes (K, T): a pad (= bos) column prepended,
+    `build_delay_pattern_mask` + `apply_delay_pattern_mask`, the first step dropped; (T, K), with
+    pad where codebook k is delayed (the HF loss ignores pad). The recipe keeps T steps, so the last
+    k frames of codebook k are never targets (ours keeps them: T + K - 1 steps)."""
+    decoder = model.decoder
+    labels = torch.from_numpy(codes.astype(np.int64))
+    labels = torch.cat([torch.full((labels.shape[0], 1), pad_token_id), labels], dim=-1)
+    labels, mask = decoder.build_delay_pattern_mask(labels, pad_token_id, labels.shape[-1] + decoder.num_codebooks)
+    labels = decoder.apply_delay_pattern_mask(labels, mask)
+    return labels[:, 1:].T.contiguous()
+
+
+def _loader(arm: Arm, setup: Setup, tokenizer, fmt, delays, total: int, peer_labels=None):
+    """Pre-encoded windows through the real data path, (reference) raw audio padded per step, or
+    (peer) the recipe's pre-built labels padded to the batch's longest clip. Every batch carries its
+    useful (real, unpadded) audio seconds."""
     frames = round((arm.pad_seconds or setup.window_seconds) * fmt.frame_rate)
-    if arm.encode_audio:
-        dataset, collate = RawClips(setup.clips, round(arm.pad_seconds * fmt.sample_rate)), RawCollator(tokenizer)
+    if arm.peer:
+        seconds = [codes.shape[-1] / fmt.frame_rate for _, codes, _ in setup.clips]
+        captions = [caption for _, _, caption in setup.clips]
+        dataset, collate = PeerClips(peer_labels, captions, seconds), PeerCollator(tokenizer)
+    elif arm.encode_audio:
+        dataset = RawClips(setup.clips, round(arm.pad_seconds * fmt.sample_rate), fmt.sample_rate)
+        collate = RawCollator(tokenizer)
     else:
         clips = [Clip(codes, caption, f"clip{i}", f"{i}") for i, (_, codes, caption) in enumerate(setup.clips)]
-        dataset = TrainWindows(
+        windows = TrainWindows(
             clips, frames=frames, pad_mode="zero_pad_legacy" if arm.pad_seconds else "tile",
             special_token_id=fmt.pad_token_id, seed=0, condition_dropout=0.1, silence_codes=setup.silence_codes,
         )
-        collate = MusicgenCollator(tokenizer, delays=delays, special_token_id=fmt.pad_token_id)
+        # Tiled loops are real audio; legacy zero-padding is not.
+        dataset = CountUseful(windows, fmt.frame_rate, padded=bool(arm.pad_seconds))
+        collate = CountUsefulCollator(MusicgenCollator(tokenizer, delays=delays, special_token_id=fmt.pad_token_id))
     return torch.utils.data.DataLoader(
         dataset, batch_size=setup.batch_size, sampler=DrawSampler(0, total * setup.batch_size),
         collate_fn=collate, num_workers=arm.num_workers, pin_memory=setup.device == "cuda",
@@ -265,11 +326,38 @@ def _loader(arm: Arm, setup: Setup, tokenizer, fmt, delays, total: int):
     )
 
 
+class CountUseful(torch.utils.data.Dataset):
+    """TrainWindows' examples with their real audio seconds (all of a window, or a legacy-padded
+    window's clip part)."""
+
+    def __init__(self, windows: TrainWindows, frame_rate: int, padded: bool):
+        self.windows, self.frame_rate, self.padded = windows, frame_rate, padded
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, draw: int):
+        frames = self.windows.frames
+        if self.padded:
+            frames = min(frames, self.windows._clip_for_draw(draw).codes.shape[-1])
+        return self.windows[draw], frames / self.frame_rate
+
+
+class CountUsefulCollator:
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, items) -> dict:
+        batch = self.collate([example for example, _ in items])
+        batch["useful_seconds"] = torch.tensor([seconds for _, seconds in items])
+        return batch
+
+
 class RawClips(torch.utils.data.Dataset):
     """The original data path: each clip's raw audio, zero-padded (or cut) to `samples`."""
 
-    def __init__(self, clips: list, samples: int):
-        self.clips, self.samples = clips, samples
+    def __init__(self, clips: list, samples: int, sample_rate: int):
+        self.clips, self.samples, self.sample_rate = clips, samples, sample_rate
 
     def __len__(self) -> int:
         return 2**62
@@ -277,8 +365,9 @@ class RawClips(torch.utils.data.Dataset):
     def __getitem__(self, draw: int):
         audio, _, caption = self.clips[draw % len(self.clips)]
         padded = np.zeros(self.samples, dtype=np.float32)
-        padded[: min(len(audio), self.samples)] = audio[: self.samples]
-        return torch.from_numpy(padded), caption
+        real = min(len(audio), self.samples)
+        padded[:real] = audio[:real]
+        return torch.from_numpy(padded), caption, real / self.sample_rate
 
 
 class RawCollator:
@@ -286,11 +375,42 @@ class RawCollator:
         self.tokenizer = tokenizer
 
     def __call__(self, items) -> dict:
-        text = self.tokenizer([caption for _, caption in items], padding=True, return_tensors="pt")
+        text = self.tokenizer([caption for _, caption, _ in items], padding=True, return_tensors="pt")
         return {
-            "audio": torch.stack([audio for audio, _ in items])[:, None],
+            "audio": torch.stack([audio for audio, _, _ in items])[:, None],
             "input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
             "condition_mask": torch.ones(len(items), dtype=torch.long),
+            "useful_seconds": torch.tensor([seconds for _, _, seconds in items]),
+        }
+
+
+class PeerClips(torch.utils.data.Dataset):
+    """The recipe's dataset: whole clips, labels laid out once (its `datasets.map`)."""
+
+    def __init__(self, labels: list, captions: list, seconds: list):
+        self.labels, self.captions, self.seconds = labels, captions, seconds
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, draw: int):
+        # Same clip order as the reference (draw order); the recipe shuffles, which pads alike on average.
+        index = draw % len(self.labels)
+        return self.labels[index], self.captions[index], self.seconds[index]
+
+
+class PeerCollator:
+    """The recipe's collator: captions padded, labels (T, K) padded with -100 to the longest clip."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, items) -> dict:
+        text = self.tokenizer([caption for _, caption, _ in items], padding=True, return_tensors="pt")
+        labels = torch.nn.utils.rnn.pad_sequence([labels for labels, _, _ in items], batch_first=True, padding_value=-100)
+        return {
+            "input_ids": text["input_ids"], "attention_mask": text["attention_mask"], "labels": labels,
+            "useful_seconds": torch.tensor([seconds for _, _, seconds in items]),
         }
 
 
@@ -339,17 +459,31 @@ def prepare(args: Args, device: str) -> Setup:
         model_lib.tiny_tokenizer().save_pretrained(folder)
     model, _ = model_lib.load_musicgen(str(folder))
     fmt = model_lib.audio_format(model)
-    clip_seconds = args.clip_seconds or args.window_seconds
-    audio = [_clip_audio(i, clip_seconds, fmt.sample_rate) for i in range(max(args.clips, args.batch_size))]
+    count = max(args.clips, args.batch_size)
+    audio = [_clip_audio(i, seconds, fmt.sample_rate) for i, seconds in enumerate(clip_lengths(args, count))]
     cpu = torch.device("cpu")  # on CPU, so this process holds no GPU memory while the arms run
-    codes = codec_encoder(model.audio_encoder, fmt, cpu)(torch.from_numpy(np.stack(audio))[:, None])
+    encode = codec_encoder(model.audio_encoder, fmt, cpu)
+    if args.regime == "fixed":
+        codes = list(encode(torch.from_numpy(np.stack(audio))[:, None]).numpy())
+    else:  # lengths differ: one clip at a time, as the recipe's encoding map does
+        codes = [encode(torch.from_numpy(clip)[None, None])[0].numpy() for clip in audio]
     silence = builders.silence_codes(model, fmt, cpu)
     # Captions of equal token length: a batch's text shape never changes (no compile recompiles).
     captions = [f"drum loop {i % 6:02d}, {STYLES[i % 6].bpm:03d} bpm" for i in range(len(audio))]
     return Setup(
         args.arch, device, args.batch_size, args.window_seconds, args.steps, args.warmup, str(folder),
-        list(zip(audio, codes.numpy().astype(np.int16), captions, strict=True)), silence, args.threads,
+        list(zip(audio, [c.astype(np.int16) for c in codes], captions, strict=True)), silence, args.threads, args.regime,
     )
+
+
+def clip_lengths(args: Args, count: int) -> list[float]:
+    """Seconds of each clip: all equal (fixed), or spread over --loop-seconds in a shuffled but
+    deterministic order (loops), whole 0.1 s like an exported loop."""
+    if args.regime == "fixed":
+        return [args.clip_seconds or args.window_seconds] * count
+    low, high = args.loop_seconds
+    lengths = np.round(np.linspace(low, high, count), 1)
+    return [float(x) for x in np.random.default_rng(0).permutation(lengths)]
 
 
 def _clip_audio(index: int, seconds: float, rate: int) -> np.ndarray:
@@ -394,25 +528,34 @@ def matmul_peak_tflops(device: torch.device) -> float:
     return best
 
 
+def per_second(amounts: list[float], step_s: list[float]) -> float:
+    """Amount per second: per median step when every step does the same work (robust to a slow
+    outlier), else total over total time (the peer's batches differ in length)."""
+    if len(set(amounts)) == 1:
+        return amounts[0] / statistics.median(step_s)
+    return sum(amounts) / sum(step_s)
+
+
 def summarize(arm: Arm, raw: dict, setup: Setup, clip_seconds: float, peak_tflops: float | None) -> dict:
     step = statistics.median(raw["step_s"])
-    frames = setup.batch_size * raw["frames_per_example"]
-    useful = setup.batch_size * (min(clip_seconds, arm.pad_seconds) if arm.pad_seconds else setup.window_seconds)
     decoder = model_lib.RANDOM_ARCHITECTURES[setup.arch]().decoder
-    flops = train_flops(decoder, setup.batch_size, raw["positions"], raw["text_tokens"])
+    flops = [train_flops(decoder, setup.batch_size, p, t) for p, t in zip(raw["positions"], raw["text_tokens"], strict=True)]
+    flops_per_s = per_second(flops, raw["step_s"])
     return {
         "arm": arm.name, "change": arm.change, "config": asdict(arm),
         "step_time_s": step, "step_times_s": raw["step_s"],
         # CPU time of the arm's process (all its threads): on a shared machine it moves less with load.
         "process_cpu_s_per_step": statistics.median(raw["cpu_s"]),
-        "frames_per_s": frames / step,
-        "audio_s_per_s": frames / raw["frame_rate"] / step,
-        "useful_audio_s_per_s": useful / step,
+        "frames_per_s": per_second(raw["frames"], raw["step_s"]),
+        "audio_s_per_s": per_second(raw["frames"], raw["step_s"]) / raw["frame_rate"],
+        "useful_audio_s_per_s": per_second(raw["useful_s"], raw["step_s"]),
+        "useful_audio_s_per_step": statistics.mean(raw["useful_s"]),
+        "padded_positions_per_step": statistics.mean(raw["positions"]),
         "peak_memory_gb": raw["peak_memory_gb"],
         "data_fraction": statistics.median(d / s for d, s in zip(raw["data_s"], raw["step_s"], strict=True)),
         "optimizer_fraction": statistics.median(o / s for o, s in zip(raw["optim_s"], raw["step_s"], strict=True)),
-        "model_tflops_per_step": flops / 1e12,
-        "mfu": flops / step / (peak_tflops * 1e12) if peak_tflops else None,
+        "model_tflops_per_step": statistics.mean(flops) / 1e12,
+        "mfu": flops_per_s / (peak_tflops * 1e12) if peak_tflops else None,
     }
 
 
@@ -453,10 +596,18 @@ def main(args: Args, command: str = "(called from Python)") -> dict:
         "matmul_peak_tflops": peak, "matmul_peak_dtype": "bfloat16" if device == "cuda" else "float32",
         "flop_model": FLOP_MODEL, "rows": rows,
         "ours_over_reference": by_name["ours"].get("speedup_vs_reference") if "ours" in by_name else None,
+        **{f"ours_over_{peer}": _ratio(by_name, "ours", peer) for peer in ("peer", "peer_lean")},
         "ours_over_reference_by_cpu_time": _cpu_time_ratio(by_name),
     }
     _write(report, args, device, command)
     return report
+
+
+def _ratio(rows: dict, over: str, under: str) -> float | None:
+    """Useful audio s/s of one arm over another's, where both ran."""
+    if over not in rows or under not in rows:
+        return None
+    return rows[over]["useful_audio_s_per_s"] / rows[under]["useful_audio_s_per_s"]
 
 
 def _cpu_time_ratio(rows: dict) -> float | None:
@@ -471,7 +622,7 @@ def _cpu_time_ratio(rows: dict) -> float | None:
 def _merge(rounds: list[dict]) -> dict:
     """One arm's rounds as one: all timed steps, the highest peak memory."""
     merged = dict(rounds[-1])
-    for key in ("step_s", "cpu_s", "data_s", "optim_s"):
+    for key in ("step_s", "cpu_s", "data_s", "optim_s", "useful_s", "positions", "text_tokens", "frames"):
         merged[key] = [value for result in rounds for value in result[key]]
     merged["peak_memory_gb"] = max(result["peak_memory_gb"] for result in rounds)
     return merged
@@ -492,7 +643,8 @@ def _meta(args: Args, device: str, setup: Setup, load_before, load_after, clip_s
         "cpu_count": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
         "torch": torch.__version__, "python": sys.version.split()[0],
         "load_average_before": load_before, "load_average_after": load_after,
-        "clip_seconds": clip_seconds, "clips": len(setup.clips), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "clip_seconds": clip_seconds, "clips": len(setup.clips), "regime": args.regime,
+        "clip_lengths_s": clip_lengths(args, len(setup.clips)), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "notes": (
             "useful audio s/s counts real audio only (the reference's zero-padding is not counted); "
             "captions are tokenized with ByT5's byte tokenizer (offline; T5-base's own tokenizer would give "
@@ -521,6 +673,14 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def peer_summary(report: dict) -> str:
+    """ours / peer and ours / peer_lean in useful audio s/s (n/a where an arm did not run)."""
+    def fmt(value):
+        return f"{value:.2f}x" if value else "n/a"
+    return (f"**ours / peer (HF recipe) = {fmt(report.get('ours_over_peer'))}**, "
+            f"ours / peer_lean = {fmt(report.get('ours_over_peer_lean'))} in useful audio seconds per second.")
+
+
 def _write(report: dict, args: Args, device: str, command: str) -> None:
     stem = args.name or f"train_throughput_{device}_{args.arch}"
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -529,20 +689,24 @@ def _write(report: dict, args: Args, device: str, command: str) -> None:
     loads = [load for row in report["rows"] for load in row["load_average_1min"]]
     markdown = (
         f"# Training throughput: {args.arch} on {device} ({meta['device']})\n\n"
-        f"`{command}`, {meta['date']}, torch {meta['torch']}, {meta['torch_threads']} threads, "
+        f"`{command}`, regime {args.regime}, {meta['date']}, torch {meta['torch']}, {meta['torch_threads']} threads, "
         f"load average (1 min) {meta['load_average_before'][0]:.2f} before, {meta['load_average_after'][0]:.2f} after, "
         f"{min(loads):.2f} to {max(loads):.2f} at the arms' starts ({meta['cpu_count']} CPUs).\n"
-        f"Batch {args.batch_size} x {args.window_seconds:g} s windows of {meta['clip_seconds']:g} s clips; "
-        f"reference padded to {args.reference_pad_seconds:g} s. Medians of {args.steps} steps x {args.rounds} rounds "
+        + (f"Batch {args.batch_size} x {args.window_seconds:g} s windows of {meta['clip_seconds']:g} s clips; "
+           if args.regime == "fixed" else
+           f"Batch {args.batch_size} x {args.window_seconds:g} s windows of {len(meta['clip_lengths_s'])} loops of "
+           f"{args.loop_seconds[0]:g}-{args.loop_seconds[1]:g} s (the peer pads each batch to its longest loop); ")
+        + f"reference padded to {args.reference_pad_seconds:g} s. Medians of {args.steps} steps x {args.rounds} rounds "
         f"after {args.warmup} warm-up step(s); measured matmul peak {report['matmul_peak_tflops']:.2f} TFLOP/s "
         f"({report['matmul_peak_dtype']}).\n\n{table(report)}\n\n"
         f"**ours / reference = {report['ours_over_reference'] or float('nan'):.2f}x** in useful audio seconds per second"
         + (f" ({report['ours_over_reference_by_cpu_time'] or float('nan'):.2f}x per process CPU second)" if device == "cpu" else "")
-        + ".\n\n"
+        + f".\n\n{peer_summary(report)}\n\n"
         f"- {meta['notes']}\n- {report['flop_model']}\n"
     )
     (args.output_dir / f"{stem}.md").write_text(markdown)
     print(table(report))
+    print(peer_summary(report))
     print(f"ours / reference: {report['ours_over_reference'] or float('nan'):.2f}x; wrote {args.output_dir / stem}.json/.md")
 
 

@@ -20,14 +20,15 @@ def test_benchmark_writes_positive_measurements(repo_root, tmp_path):
     bench = load_benchmark(repo_root)
     args = bench.Args(
         arch="tiny", device="cpu", batch_size=2, window_seconds=0.5, reference_pad_seconds=1.0,
-        steps=2, warmup=1, rounds=1, arms=("reference", "ours", "grad_ckpt"), isolate=False,
+        steps=2, warmup=1, rounds=1, arms=("reference", "ours", "grad_ckpt", "peer", "peer_lean"), isolate=False,
         output_dir=tmp_path, model_cache=tmp_path / "models",
     )
     bench.main(args)
 
     report = json.loads((tmp_path / "train_throughput_cpu_tiny.json").read_text())
     assert "| reference |" in (tmp_path / "train_throughput_cpu_tiny.md").read_text()
-    assert [row["arm"] for row in report["rows"]] == ["reference", "ours", "grad_ckpt"]
+    assert [row["arm"] for row in report["rows"]] == ["reference", "ours", "grad_ckpt", "peer", "peer_lean"]
+    assert report["ours_over_peer"] > 0 and report["ours_over_peer_lean"] > 0
     assert report["matmul_peak_tflops"] > 0
     assert report["ours_over_reference"] > 0 and report["ours_over_reference_by_cpu_time"] > 0
     for row in report["rows"]:
@@ -54,3 +55,37 @@ def test_flop_model_counts_linear_and_attention_terms(repo_root):
     weights = 24 * (6 * 1024**2 + 2 * 1024 * 4096) + 4 * 1024 * 2048
     attention = 3 * 4 * 24 * 1024 * 100 * 100
     assert math.isclose(one, 4 * weights * 100 + attention)
+
+
+def test_peer_labels_match_ours_in_the_delay_pattern(repo_root):
+    """The HF recipe's labels and ours agree position for position (ours also keeps the delayed tail)."""
+    import torch
+
+    from musicgen_lora.collate import IGNORE_INDEX, codebook_delays, delay_pattern_labels
+    from musicgen_lora.model import audio_format, build_random_musicgen
+
+    bench = load_benchmark(repo_root)
+    model = build_random_musicgen("tiny")
+    fmt = audio_format(model)
+    codes = torch.randint(0, 2048, (fmt.num_codebooks, 12))
+    peer = bench.recipe_labels(model, codes.numpy(), fmt.pad_token_id)
+    _, ours = delay_pattern_labels(codes[None], torch.ones(1, 12, dtype=torch.bool),
+                                   codebook_delays(fmt.num_codebooks), fmt.pad_token_id)
+    assert peer.shape == (12, fmt.num_codebooks)
+    assert torch.equal(peer.masked_fill(peer == fmt.pad_token_id, IGNORE_INDEX), ours[0, :12])
+
+
+def test_loops_regime_pads_the_peer_and_counts_only_real_audio(repo_root, tmp_path):
+    bench = load_benchmark(repo_root)
+    args = bench.Args(
+        arch="tiny", device="cpu", batch_size=2, window_seconds=0.5, regime="loops", loop_seconds=(0.3, 1.2),
+        clips=4, steps=2, warmup=1, rounds=1, arms=("ours", "peer"), isolate=False,
+        output_dir=tmp_path, model_cache=tmp_path / "models",
+    )
+    report = bench.main(args)
+    ours, peer = report["rows"]
+    assert sorted(report["meta"]["clip_lengths_s"]) == [0.3, 0.6, 0.9, 1.2]
+    assert math.isclose(ours["useful_audio_s_per_step"], 2 * 0.5, rel_tol=1e-3)
+    # The peer trains on padded batches but is credited only with its clips' real seconds.
+    assert peer["audio_s_per_s"] > peer["useful_audio_s_per_s"] > 0
+    assert report["ours_over_peer"] > 0
