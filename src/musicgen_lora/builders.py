@@ -60,15 +60,17 @@ def mixed_precision(setting: str) -> str:
     return "bf16" if bf16_supported() else "fp16"
 
 
-def base_dtype(setting: str) -> torch.dtype:
+def base_dtype(setting: str, precision: str = "auto") -> torch.dtype:
+    """auto: bf16 frozen weights when training runs in bf16 autocast, else fp32 (fp16 autocast casts
+    fp32 weights per op; bf16 weights under fp16 autocast would round twice)."""
     if setting == "auto":
-        return torch.bfloat16 if bf16_supported() else torch.float32
+        return torch.bfloat16 if mixed_precision(precision) == "bf16" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
 
 
-def base_model(cfg: ModelConfig, device: torch.device):
+def base_model(cfg: ModelConfig, device: torch.device, precision: str = "auto"):
     model, tokenizer = model_lib.load_musicgen(
-        cfg.name, revision=cfg.revision, dtype=base_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation
+        cfg.name, revision=cfg.revision, dtype=base_dtype(cfg.dtype, precision), attn_implementation=cfg.attn_implementation
     )
     return model.to(device), tokenizer
 

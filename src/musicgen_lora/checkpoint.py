@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from musicgen_lora.outputs import respect_umask
+
 STATE_FILE = "state.json"
 ADAPTER_FILE = "adapter_model.safetensors"  # PEFT's name: the folder loads as an adapter
 TRAINING_STATE_FILE = "training_state.pt"
@@ -71,6 +73,7 @@ def save_checkpoint(
         tmp / TRAINING_STATE_FILE,
     )
     (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
+    respect_umask(tmp.iterdir())  # safetensors leaves its file 0600
     _fsync_dir(tmp)
     if final.exists():  # re-saving a step: move the old copy aside first, so a step_ folder is always whole
         old = checkpoint_dir / f".old_step_{step:07d}"

@@ -188,6 +188,7 @@ def load_musicgen(
     if name == TINY_MODEL:
         model = build_tiny_musicgen().to(dtype)
         model.set_attn_implementation(_decoder_attention(attn_implementation))
+        model.audio_encoder.float()  # as for real checkpoints below: the codec's codes never depend on dtype
         return model, tiny_tokenizer()
     local = Path(name).expanduser()
     # Without a network, from_pretrained retries for most of a minute before failing: decide once,

@@ -162,7 +162,7 @@ def _train_in(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, launch: L
         atomic_write_json(run_dir / "config.json", config)
     set_seed(cfg.seed)
 
-    model, tokenizer = builders.base_model(cfg.model, accelerator.device)
+    model, tokenizer = builders.base_model(cfg.model, accelerator.device, cfg.train.mixed_precision)
     fmt = builders.audio_format(model)
     builders.check_lora_targets(cfg, model)  # a typo in --lora.targets fails now, not after encoding
     with accelerator.main_process_first():  # rank 0 encodes; the others then find the cache complete
