@@ -96,3 +96,17 @@ def test_a_non_finite_adapter_is_never_saved(run, tmp_path):
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step_0000001", "step_0000002"]
     assert all(torch.isfinite(t).all() for t in _adapter(run_dir, 2).values())
     assert not (run_dir / "adapter").exists()
+
+
+def test_a_diverged_model_is_never_sampled_and_the_guard_stops_the_run(run, tmp_path, caplog):
+    """Issue 11.8: with samples and generation metrics on (the defaults), an evaluation that finds
+    non-finite adapter weights skips sampling and says why; the numeric guard then stops the run
+    with its message, keeping the last good checkpoint."""
+    defaults = {"sample.base_model": True, "metrics.enabled": True, "data.val_fraction": 0.25, "train.eval_every": 4}
+    with caplog.at_level("WARNING", logger="musicgen_lora"), pytest.raises(NonFiniteTrainingError, match="consecutive"):
+        run(poison_at=3, **{"train.max_steps": 12, "train.max_bad_steps": 3, "train.checkpoint_every": 2, **defaults})
+    assert any("samples and generation metrics skipped at step 4" in r.getMessage() for r in caplog.records)
+    run_dir = tmp_path / "run"
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step_0000002"]
+    assert all(torch.isfinite(t).all() for t in _adapter(run_dir, 2).values())
+    assert not list((run_dir / "samples").glob("step_0000004*"))
