@@ -65,8 +65,8 @@ def test_default_smoke_two_processes_match_one(tmp_path):
     one_records, two_records = _records(tmp_path / "one"), _records(tmp_path / "two")
     assert [sorted(r) for r in two_records] == [sorted(r) for r in one_records]
     pairs = list(zip(_losses(one_records), _losses(two_records), strict=True))
-    assert [step for (step, key, _), _ in pairs if key == "val/loss"] == [15, 30]
-    assert len(pairs) == 8
+    assert [step for (step, key, _), _ in pairs if key == "val/loss"] == [0, 15, 30]  # 0: the base model
+    assert len(pairs) == 9
     for (step, key, single), (step2, key2, double) in pairs:
         assert (step, key) == (step2, key2)
         assert double == pytest.approx(single, rel=RTOL), (step, key)
@@ -83,7 +83,7 @@ def test_default_smoke_under_accelerate_launch(tmp_path):
     _finish(_launch([*ACCELERATE, str(BASELINE), "--smoke", "--output-dir", str(tmp_path / "run")]))
     records = _records(tmp_path / "run")
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["world_size"] == 2
-    assert [r["step"] for r in records if "val/loss" in r] == [15, 30]
+    assert [r["step"] for r in records if "val/loss" in r] == [0, 15, 30]
     assert [r["step"] for r in records if "gen/fad" in r] == [15, 30]
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
 

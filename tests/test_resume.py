@@ -88,7 +88,7 @@ def test_kill_9_and_resume_is_bit_identical(tmp_path, demo_dir, demo_cache):
         assert _records(run_dir) == _records(tmp_path / "A")  # no record twice, none torn, none lost
     losses = _losses(tmp_path / "A")
     assert [(key, step) for key, step, _ in losses] == [
-        ("train/loss", 2), ("train/loss", 3), ("train/loss", 4), ("val/loss", 4), ("train/loss", 6),
+        ("val/loss", 0), ("train/loss", 2), ("train/loss", 3), ("train/loss", 4), ("val/loss", 4), ("train/loss", 6),
         ("train/loss", 8), ("val/loss", 8),
     ]
     assert _losses(run_b) == losses  # exact float equality: every logged train and val loss

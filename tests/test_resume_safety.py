@@ -186,7 +186,7 @@ def test_checkpoints_are_adapters_and_the_best_one_is_kept(uninterrupted):
     run_dir = uninterrupted.run_dir
     manifest = json.loads((run_dir / "manifest.json").read_text())
     best = manifest["adapters"]["best"]
-    val = {r["step"]: r["val/loss"] for r in records(run_dir) if "val/loss" in r}
+    val = {r["step"]: r["val/loss"] for r in records(run_dir) if "val/loss" in r and r["step"] > 0}  # 0: base
     assert best["path"] == "adapter_best" and best["val_loss"] == min(val.values())
     assert val[best["step"]] == best["val_loss"]
     assert (run_dir / "adapter_best" / "adapter_config.json").is_file()

@@ -1,6 +1,8 @@
-"""End to end: the main job's --smoke run, then `musicgen-lora generate` from its adapter."""
+"""End to end: the main job's --smoke run exactly as the README shows it (W&B offline, validation,
+samples, generation metrics), then `musicgen-lora generate` from its adapter."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,8 +12,18 @@ import soundfile
 def test_baseline_smoke_then_generate(repo_root, tmp_path):
     run_dir = tmp_path / "run"
     env_cmd = [sys.executable, str(repo_root / "experiments" / "01_baseline.py"), "--smoke", "--output-dir", str(run_dir)]
-    done = subprocess.run(env_cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}  # the user's environment: no W&B setting
+    done = subprocess.run(env_cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    # Issue 16.5: no known-false warning (2048 is MusicGen's special token), no deprecation noise.
+    assert "must be `None` or an integer within the vocabulary" not in output
+    assert "FutureWarning" not in output and "WARNING" not in output, output[-3000:]
+    # The run ends with a summary: losses against the base model, adapter, how to generate, W&B.
+    summary = done.stdout[done.stdout.index("done: 30 steps"):]
+    assert "(base model " in summary and "generate: uv run musicgen-lora generate --adapter" in summary
+    assert "offline; upload with: uv run wandb sync" in summary
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # the smoke run tracks, offline
     for name in ("config.json", "metrics.jsonl", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
         assert (run_dir / name).is_file(), name
     samples = sorted(p.name for p in (run_dir / "samples").glob("*.wav"))
@@ -23,6 +35,10 @@ def test_baseline_smoke_then_generate(repo_root, tmp_path):
     assert records[-1]["step"] == config["train"]["max_steps"]
     assert train_losses[-1] < train_losses[0]
     assert any("val/loss" in r for r in records)
+    # Issue 16.2: the base model's validation loss on the same windows, at step 0.
+    assert records[0]["step"] == 0 and records[0]["val/loss"] == records[0]["val/loss_base"]
+    final_val = [r["val/loss"] for r in records if "val/loss" in r and r["step"] == records[-1]["step"]]
+    assert final_val[0] < records[0]["val/loss_base"]
 
     out = tmp_path / "gen.wav"
     gen = subprocess.run(

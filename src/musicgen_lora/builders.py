@@ -203,7 +203,8 @@ def generation_evaluator(cfg: RunConfig, model, cache_dir: Path, prompts: tuple[
     fmt = model_lib.audio_format(model)
     clap, notice = metrics_lib.ClapScorer.load(m.clap_model, m.clap, device)
     if notice:
-        (log.info if m.clap == "off" else log.warning)(notice)
+        # Asked for (download) and missing: a warning; auto or off: said once, as information.
+        (log.warning if m.clap == "download" else log.info)(notice)
     embed = metrics_lib.encodec_embedder(model.audio_encoder, m.fad_pooling)
     if m.fad_embedding == "clap":
         embed = None if clap is None else (lambda clips: clap.audio_embeddings(clips, fmt.sample_rate))
@@ -308,12 +309,13 @@ def wandb_tracker(cfg: RunConfig, run_dir: Path, manifest: dict) -> WandbTracker
 
 
 def wandb_run_name(cfg: RunConfig, run_dir: Path) -> str:
-    """The run directory's name; an Azure job's output folder has a meaningless one, so there the
-    name is built from experiment, variant, seed and the job id."""
+    """Unique per run directory: its name when it already says experiment, variant, seed and time;
+    else (an --output-dir such as an Azure job's output folder) experiment, variant and seed plus the
+    Azure job id or the folder's name. A resumed run keeps its name."""
     if run_dir.name.startswith(cfg.experiment):
         return run_dir.name
-    job = os.environ.get("AZUREML_RUN_ID")
-    return f"{cfg.experiment}-{cfg.variant}-s{cfg.seed}" + (f"-{job}" if job else "")
+    suffix = os.environ.get("AZUREML_RUN_ID") or run_dir.name
+    return f"{cfg.experiment}-{cfg.variant}-s{cfg.seed}-{suffix}"
 
 
 def adapter_is_finite(model) -> bool:

@@ -8,6 +8,7 @@ one frozen RunConfig, so a local run and an Azure job of the same file run the v
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -79,8 +80,42 @@ def main(base: RunConfig, variants: Variants, *, script: str, description: str =
         print(f"{result.run_dir} is finished ({result.steps} steps); pass a larger --train.max-steps to train "
               "it further, or another --output-dir for a new run")
         return 0
-    print(f"run directory: {result.run_dir}")
+    print(run_summary(result))
     return 0
+
+
+def run_summary(result) -> str:
+    """What a researcher wants to read when a run ends: losses against the base model, where the
+    adapter and samples are, how to generate with it, where its W&B run is."""
+    run_dir = result.run_dir
+    lines = [f"done: {result.steps} steps" + (f", {result.skipped_steps} skipped (non-finite)" if result.skipped_steps else "")]
+    if result.final_val_loss is not None:
+        base = f" (base model {result.base_val_loss:.4f})" if result.base_val_loss is not None else ""
+        lines.append(f"  val loss: final {result.final_val_loss:.4f}, best {result.best_val_loss:.4f} at step "
+                     f"{result.best_step}{base}")
+    lines.append(f"  adapter:  {run_dir / 'adapter'}" + (f" (best: {run_dir / 'adapter_best'})" if result.best_step else ""))
+    samples = run_dir / "samples"
+    if samples.is_dir():
+        lines.append(f"  samples:  {samples} ({len(list(samples.glob('*.wav')))} WAV files)")
+    lines.append(f"  generate: uv run musicgen-lora generate --adapter {shlex.quote(str(run_dir / 'adapter'))} "
+                 "--prompt \"...\" --out outputs/sample.wav")
+    wandb = _wandb_record(run_dir)
+    if wandb.get("url"):
+        lines.append(f"  W&B:      {wandb['url']}")
+    elif wandb:
+        lines.append(f"  W&B:      offline; upload with: uv run wandb sync {shlex.quote(str(run_dir / 'wandb'))}/offline-run-*")
+    lines.append(f"run directory: {run_dir}")
+    return "\n".join(lines)
+
+
+def _wandb_record(run_dir: Path) -> dict:
+    from musicgen_lora.tracking import WANDB_RUN_FILE
+
+    path = run_dir / WANDB_RUN_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
 
 
 def resume_command(launch: Launch, run_dir: Path) -> str:

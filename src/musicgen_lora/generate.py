@@ -16,6 +16,7 @@ import torch
 import tyro
 
 from musicgen_lora.collate import codebook_delays
+from musicgen_lora.known_warnings import musicgen_warnings_silenced
 from musicgen_lora.model import ModelLoadError, audio_format, load_musicgen
 from musicgen_lora.validation import (
     ConfigValueError,
@@ -93,7 +94,8 @@ def load_with_adapter(adapter: Path, model_name: str | None = None, device: str 
 
     name, revision = base_of(adapter, model_name, revision)
     model, tokenizer = load_musicgen(name, revision=revision)
-    model = PeftModel.from_pretrained(model, adapter)
+    with musicgen_warnings_silenced():
+        model = PeftModel.from_pretrained(model, adapter)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 

@@ -28,6 +28,8 @@ from transformers import (
     T5Config,
 )
 
+from musicgen_lora.known_warnings import musicgen_warnings_silenced
+
 TINY_MODEL = "tiny"
 """Name of the random tiny MusicGen built in code: no download, runs every code path on CPU."""
 
@@ -142,7 +144,8 @@ def build_random_musicgen(architecture: Literal["tiny", "small"] = "tiny", seed:
 def build_tiny_musicgen(seed: int = 0) -> MusicgenForConditionalGeneration:
     """The tiny random MusicGen of the tests and --smoke (see `tiny_musicgen_config`). Weights
     depend only on `seed`, so an adapter trained on it can be re-applied later."""
-    return build_random_musicgen("tiny", seed)
+    with musicgen_warnings_silenced():
+        return build_random_musicgen("tiny", seed)
 
 
 def _init_codebooks_from_audio(model: MusicgenForConditionalGeneration, seconds: float = 8.0) -> None:
@@ -195,10 +198,11 @@ def load_musicgen(
     # quickly, and then read only the local Hugging Face cache.
     offline = not local.exists() and hub_unreachable()
     try:
-        model = MusicgenForConditionalGeneration.from_pretrained(
-            name, revision=revision, dtype=dtype, attn_implementation=_decoder_attention(attn_implementation),
-            local_files_only=offline,
-        )
+        with musicgen_warnings_silenced():
+            model = MusicgenForConditionalGeneration.from_pretrained(
+                name, revision=revision, dtype=dtype, attn_implementation=_decoder_attention(attn_implementation),
+                local_files_only=offline,
+            )
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, local_files_only=offline)
     except (OSError, ValueError) as error:
         if local.exists():
@@ -342,7 +346,8 @@ def apply_lora(
         target_modules=modules,
         bias="none",
     )
-    peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
+    with musicgen_warnings_silenced():
+        peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
     # Adapter weights train in fp32 whatever the base dtype: bf16 updates lose small steps.
     for name, parameter in peft_model.named_parameters():
         if "lora_" in name:
@@ -352,7 +357,7 @@ def apply_lora(
 
 def enable_gradient_checkpointing(model: MusicgenForConditionalGeneration) -> None:
     # Non-reentrant checkpointing works with frozen inputs (LoRA), no input-grad hook needed.
-    model.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.decoder.config.use_cache = False
 
 

@@ -183,9 +183,11 @@ def wandb_credentials_present() -> bool:
 def wandb_mode(setting: str) -> str:
     """online / offline / disabled. auto: $WANDB_MODE when set (the Azure job sets offline when it
     has no key), else online with credentials, offline without."""
+    env_mode = os.environ.get("WANDB_MODE", "").lower()
+    if env_mode == "disabled":  # W&B's own global off switch wins over any flag or preset
+        return "disabled"
     if setting != "auto":
         return setting
-    env_mode = os.environ.get("WANDB_MODE", "").lower()
     if env_mode in ("online", "offline", "disabled"):
         return env_mode
     if env_mode == "dryrun":

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -81,6 +82,9 @@ class TrainResult:
     final_val_loss: float | None
     skipped_steps: int
     already_finished: bool = False
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    base_val_loss: float | None = None
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -175,7 +179,8 @@ def _train_in(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, launch: L
     model, optimizer = accelerator.prepare(model, optimizer)
     scaler = accelerator.scaler
 
-    state = {"draws": 0, "skipped_steps": 0, "consecutive_bad": 0, "best_val_loss": None, "best_step": None}
+    state = {"draws": 0, "skipped_steps": 0, "consecutive_bad": 0, "best_val_loss": None, "best_step": None,
+             "base_val_loss": None}
     step = 0
     checkpoint = newest_readable_checkpoint(checkpoint_dir, warn=log.warning if main else _quiet) if cfg.train.resume else None
     if checkpoint is not None:
@@ -256,6 +261,8 @@ def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, schedule
 
     if step == 0 and main and cfg.sample.base_model:
         _write_samples(cfg, model, tokenizer, data.sample_prompts, run_dir, "base", tracker, step, accelerator)
+    if step == 0:
+        state["base_val_loss"] = _evaluate(cfg, model, data, text_cache, accelerator, tracker, step, base=True)
     base_metrics = {}
     if step == 0 and main:
         base_metrics = _generation_metrics(cfg, evaluator, model, tokenizer, tracker, step, accelerator, adapter=False, base=True)
@@ -349,7 +356,10 @@ def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, schedule
         builders.save_adapter(accelerator.unwrap_model(model), run_dir / "adapter", cfg)
         tracker.log_adapter(run_dir / "adapter", f"adapter-{run_dir.name}")
     accelerator.wait_for_everyone()
-    return TrainResult(run_dir, step, val_loss, state["skipped_steps"])
+    return TrainResult(
+        run_dir, step, val_loss, state["skipped_steps"], best_val_loss=state["best_val_loss"],
+        best_step=state["best_step"], base_val_loss=state["base_val_loss"],
+    )
 
 
 def _train_metrics(accelerator, stats, losses, step_times, frames_per_step, data, scheduler, grad_norm, state) -> dict:
@@ -376,13 +386,21 @@ def _peak_memory_gb(device: torch.device) -> float:
 
 
 @torch.no_grad()
-def _evaluate(cfg, model, data, text_cache, accelerator, tracker, step) -> float | None:
-    """Validation loss on the fixed held-out windows, each process taking a disjoint share."""
+def _evaluate(cfg, model, data, text_cache, accelerator, tracker, step, *, base: bool = False) -> float | None:
+    """Validation loss on the fixed held-out windows, each process taking a disjoint share.
+
+    `base`: with the adapter disabled (the base model's loss on the same windows), logged as
+    val/* and val/loss_base, the reference every later evaluation is read against."""
     if len(data.val) == 0:
         return None
     # The unwrapped model: the DDP wrapper's forward broadcasts buffers from rank 0, a collective
     # that would wait forever for a rank holding fewer (or no) held-out windows.
     model = accelerator.unwrap_model(model)
+    with model.disable_adapter() if base else contextlib.nullcontext():
+        return _evaluate_windows(cfg, model, data, text_cache, accelerator, tracker, step, base)
+
+
+def _evaluate_windows(cfg, model, data, text_cache, accelerator, tracker, step, base) -> float:
     model.eval()
     indices = list(range(accelerator.process_index, len(data.val), accelerator.num_processes))
     total = None
@@ -397,6 +415,8 @@ def _evaluate(cfg, model, data, text_cache, accelerator, tracker, step) -> float
         total = {"ce_sum": torch.zeros(k), "correct": torch.zeros(k, dtype=torch.long), "count": torch.zeros(k, dtype=torch.long)}
     total = {key: accelerator.reduce(value.to(accelerator.device), reduction="sum") for key, value in total.items()}
     metrics = codebook_metrics(total, "val")
+    if base:
+        metrics["val/loss_base"] = metrics["val/loss"]
     tracker.log(metrics, step)
     model.train()
     return metrics["val/loss"]
