@@ -15,6 +15,7 @@ from conftest import child_env, quick_args, run_baseline
 from musicgen_lora.metrics import (
     ClapScorer,
     GenerationEvaluator,
+    as_pcm16,
     decode_codes,
     encodec_embedder,
     frechet_distance,
@@ -99,6 +100,7 @@ def test_evaluator_is_deterministic_and_scores_base_and_adapter(tiny_model, toke
 def test_clap_unavailable_is_a_notice_not_an_error(tmp_path):
     scorer, notice = ClapScorer.load(str(tmp_path / "no-clap-here"), "auto", "cpu")
     assert scorer is None and "CLAP metrics are skipped" in notice and "hf download" in notice
+    assert "gen/fad_clap" in notice  # says that the standard FAD is the one missing
     scorer, notice = ClapScorer.load("laion/clap-htsat-unfused", "off", "cpu")
     assert scorer is None and "off" in notice
 
@@ -133,6 +135,38 @@ def test_clap_similarity_with_a_tiny_random_clap():
     score = scorer.similarity(clips, 32000, ["a drum loop", "a bass line"])
     assert -1.0 <= score <= 1.0
     assert scorer.similarity(clips, 32000, ["a drum loop", "a bass line"]) == pytest.approx(score, abs=1e-6)
+
+
+def test_standard_clap_fad_next_to_the_latent_one(tiny_model, tokenizer):
+    """gen/fad_clap: one CLAP embedding per clip (16-bit PCM, 48 kHz) against the reference's, beside
+    the EnCodec-latent gen/fad; the base model is scored the same way."""
+    from musicgen_lora.model import apply_lora
+
+    codec, clap = tiny_model.audio_encoder, _tiny_clap()
+    embed = encodec_embedder(codec)
+    reference_audio = [decode_codes(codec, np.random.default_rng(s).integers(0, 2048, size=(4, 40))) for s in range(3)]
+    evaluator = GenerationEvaluator(
+        prompts=("techno drum loop", "house drum loop"), seeds=(0, 1), seconds=0.1, sample_rate=32000,
+        reference=embed(reference_audio), embed=embed, clap=clap,
+        clap_reference=clap.fad_embeddings(reference_audio, 32000), reference_clips=3,
+    )
+    assert evaluator.clap_reference.shape == (3, 16)  # one embedding per clip
+    model = apply_lora(tiny_model, r=2, alpha=2, dropout=0.0, targets=("q_proj", "v_proj"))
+    scores = evaluator(model, tokenizer)
+    assert set(scores) == {"gen/fad", "gen/fad_clap", "gen/clap", "gen/reference_clips"}
+    assert scores["gen/reference_clips"] == 3 and np.isfinite(scores["gen/fad_clap"]) and scores["gen/fad_clap"] > 0
+    clips, _ = evaluator.generate(model, tokenizer)
+    expected = frechet_distance(clap.fad_embeddings(clips, 32000), evaluator.clap_reference)
+    assert scores["gen/fad_clap"] == pytest.approx(expected, rel=1e-6)
+    base = evaluator.base_metrics(model, tokenizer)  # fresh adapter = base model: the same values
+    assert base["gen/fad_clap_base"] == pytest.approx(scores["gen/fad_clap"], rel=1e-6)
+
+
+def test_pcm16_rounding_as_fadtk():
+    clip = np.array([[0.5, -2.0, 1e-6, 0.25 + 1e-7]], dtype=np.float32)
+    pcm = as_pcm16(clip)
+    np.testing.assert_allclose(pcm * 32767, np.round(pcm * 32767), atol=1e-3)  # on the 16-bit grid
+    assert pcm[0, 1] == -1.0 and pcm[0, 2] == 0.0 and abs(pcm[0, 0] - 0.5) < 1 / 32767
 
 
 @pytest.mark.slow

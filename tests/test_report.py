@@ -10,18 +10,24 @@ import pytest
 from musicgen_lora import report
 
 
-def _write_run(root, name, *, variant, seed, val_losses, tokens_per_s, outcome="completed", experiment="07_demo"):
-    """A run directory as train writes it: config.json, manifest.json, metrics.jsonl (evals at steps 10, 20)."""
+def _write_run(root, name, *, variant, seed, val_losses, tokens_per_s, outcome="completed", experiment="07_demo",
+               config=None, manifest=None, step_time=0.5, base_loss=None):
+    """A run directory as train writes it: config.json, manifest.json, metrics.jsonl (train logs and
+    evals at steps 10, 20; with `base_loss`, the step-0 evaluation with the adapter disabled)."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    config = {"experiment": experiment, "variant": variant, "seed": seed, "smoke": True}
+    config = {"experiment": experiment, "variant": variant, "seed": seed, "smoke": True, "output_dir": str(run_dir),
+              "data": {"val_fraction": 0.1}, "train": {"log_every": 10}, **(config or {})}
     (run_dir / "config.json").write_text(json.dumps(config))
-    (run_dir / "manifest.json").write_text(json.dumps({"outcome": outcome, "git": {"commit": "0123456789abcdef", "dirty": False}}))
-    records = []
+    manifest = {"outcome": outcome, "git": {"commit": "0123456789abcdef", "dirty": False}, "world_size": 1, **(manifest or {})}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    records = [] if base_loss is None else [{"step": 0, "time": 5.0, "val/loss": base_loss, "val/loss_base": base_loss}]
     for index, (step, val) in enumerate(zip((10, 20), val_losses, strict=True)):
         time = 100.0 * (index + 1) + seed
-        records.append({"step": step, "time": time, "train/loss": val + 0.5, "perf/tokens_per_s": tokens_per_s[index]})
-        records.append({"step": step, "time": time + 1, "val/loss": val, "val/ce_cb0": val - 0.1, "val/ce_cb1": val + 0.1})
+        records.append({"step": step, "time": time, "train/loss": (val or 1.0) + 0.5, "perf/tokens_per_s": tokens_per_s[index],
+                        "perf/step_time_s": step_time * (index + 1)})
+        if val is not None:
+            records.append({"step": step, "time": time + 1, "val/loss": val, "val/ce_cb0": val - 0.1, "val/ce_cb1": val + 0.1})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return run_dir
 
@@ -52,25 +58,27 @@ def test_find_run_dirs_by_experiment(runs):
 
 def test_table_means_stds_and_seed_counts(runs):
     _, dirs = runs
-    groups = report.group_by_variant([report.load_run_dir(d) for d in dirs[:5]], order=["b", "a"])
-    assert list(groups) == ["b", "a"]
-    columns, table = report.variant_table(groups)
-    assert columns == ["final_val_loss", "best_val_loss", "val/ce_cb0", "val/ce_cb1", "tokens_per_s", "wall_time_s"]
+    selection = report.select_runs([report.load_run_dir(d) for d in dirs[:5]], order=["b", "a"])
+    assert [g.label for g in selection.groups] == ["b", "a"]
+    assert not selection.duplicates and not selection.unfinished
+    columns, table = report.group_table(selection.groups)
+    assert columns == ["final_val_loss", "best_val_loss", "val/ce_cb0", "val/ce_cb1", "tokens_per_s", "train_time_s", "wall_time_s"]
     a, b = table["a"], table["b"]
     assert (a["final_val_loss"].mean, a["final_val_loss"].std, a["final_val_loss"].n) == pytest.approx((2.0, 1.0, 3))
     assert a["best_val_loss"].mean == pytest.approx((0.5 + 2.0 + 3.0) / 3)
     assert a["val/ce_cb0"].mean == pytest.approx(1.9) and a["val/ce_cb1"].mean == pytest.approx(2.1)
     assert a["tokens_per_s"].mean == pytest.approx(300.0)  # medians 200, 300, 400
+    assert a["train_time_s"].mean == pytest.approx(0.5 * 10 + 1.0 * 10)  # step time x steps per log window
     assert a["wall_time_s"].mean == pytest.approx(202.0) and a["wall_time_s"].std == pytest.approx(1.0)
     assert (b["final_val_loss"].mean, b["final_val_loss"].std, b["final_val_loss"].n) == pytest.approx((5.0, math.sqrt(2), 2))
     assert str(a["final_val_loss"]) == "2.0 ± 1.0"  # rounded to the spread
     assert str(report.aggregate([3.0])) == "3.0000"  # one seed: no spread to show
 
-    band = report.curve(groups["a"], "val/loss")
-    assert band.steps.tolist() == [10, 20]
+    band = report.curve(selection.groups[1].runs, "val/loss")
+    assert band.steps.tolist() == [10, 20] and band.n == 3
     assert band.mean.tolist() == pytest.approx([6.5 / 3, 2.0])
     assert (band.low.tolist(), band.high.tolist()) == ([0.5, 1.0], [3.5, 3.0])
-    assert band.times.tolist() == pytest.approx([102.0, 202.0])
+    assert band.times.tolist() == pytest.approx([5.0, 15.0])  # training time, not wall time (102, 202)
 
 
 def test_report_command_writes_markdown_and_plots(runs, tmp_path):
@@ -82,7 +90,7 @@ def test_report_command_writes_markdown_and_plots(runs, tmp_path):
     assert "Smoke-scale demonstration, not a finding" in text
     assert "| a | 3 | 2.0 ± 1.0 |" in text
     assert "| b | 2 | 5.0 ± 1.4 |" in text
-    assert "b2" in text.split("Left out")[1]  # the failed run is listed, not averaged
+    assert "- `" + str(dirs[5]) + "` (b, seed 2): failed" in text.split("Did not complete")[1]  # listed, not averaged
     for png in ("07_demo_loss_vs_step.png", "07_demo_loss_vs_time.png"):
         assert f"]({png})" in text
         data = (out / png).read_bytes()
@@ -139,3 +147,110 @@ def test_runs_from_the_wandb_public_api(monkeypatch):
         {"step": 10, "time": 9.5, "val/loss": 1.0},
     ]
     assert runs[0].url.endswith("/id0") and report.run_summary(runs[0])["final_val_loss"] == 1.0
+
+
+@pytest.fixture
+def messy_runs(tmp_path):
+    """Duplicate seeds, runs with another configuration, a run without validation, a killed and a live run."""
+    root = tmp_path / "runs"
+
+    def run(name, seed, vals, end, **kwargs):
+        kwargs.setdefault("base_loss", 8.0)
+        manifest = {"end_time": end, **kwargs.pop("manifest", {})}
+        return _write_run(root, name, variant="default", seed=seed, val_losses=vals, tokens_per_s=(10, 10),
+                          experiment="07_messy", manifest=manifest, **kwargs)
+
+    dirs = {
+        # seed 0 three times: the latest complete one (final val 1.0) counts, the other two are duplicates
+        "s0_old": run("s0_old", 0, (6.0, 5.0), "2026-01-01T00:00:00+00:00"),
+        "s0_new": run("s0_new", 0, (2.0, 1.0), "2026-01-03T00:00:00+00:00"),
+        "s0_mid": run("s0_mid", 0, (7.0, 6.0), "2026-01-02T00:00:00+00:00"),
+        "s1": run("s1", 1, (4.0, 3.0), "2026-01-01T00:00:00+00:00"),
+        # same configuration, but it logged no validation: counts as a run, never toward val loss n
+        "s4_noval": run("s4_noval", 4, (None, None), "2026-01-01T00:00:00+00:00", base_loss=None),
+        # another configuration: two processes; no validation set at all
+        "s2_ddp": run("s2_ddp", 2, (0.5, 0.25), "2026-01-01T00:00:00+00:00", manifest={"world_size": 2}),
+        "s3_noval": run("s3_noval", 3, (None, None), "2026-01-01T00:00:00+00:00", base_loss=None,
+                        config={"data": {"val_fraction": 0.0}}),
+        # killed: the manifest still says running, nobody holds the lock; and a live run holding its lock
+        "s5_killed": run("s5_killed", 5, (9.0, 9.0), None, outcome="running"),
+        "s6_live": run("s6_live", 6, (9.0, 9.0), None, outcome="running"),
+    }
+    (dirs["s5_killed"] / "run.lock").write_text(json.dumps({"pid": 999_999_999, "host": "gone"}))
+    return root, dirs
+
+
+def test_groups_duplicates_differing_configs_and_killed_runs(messy_runs):
+    from musicgen_lora.run_lock import RunDirLock
+
+    _, dirs = messy_runs
+    lock = RunDirLock.acquire(dirs["s6_live"])
+    try:
+        selection = report.select_runs([report.load_run_dir(d) for d in dirs.values()])
+    finally:
+        lock.release()
+    main, *others = selection.groups
+    assert (main.label, [r.name for r in main.runs]) == ("default", ["s0_new", "s1", "s4_noval"])
+    assert {g.label: [r.name for r in g.runs] for g in others} == {
+        "default [world_size=2]": ["s2_ddp"], "default [data.val_fraction=0.0]": ["s3_noval"],
+    }
+    assert {g.label: g.differs for g in others}["default [world_size=2]"] == {"world_size": (2, 1)}
+    assert sorted((dup.name, kept.name) for dup, kept in selection.duplicates) == [("s0_mid", "s0_new"), ("s0_old", "s0_new")]
+    assert {run.name: state for run, state in selection.unfinished} == {"s5_killed": "killed (stale)", "s6_live": "running"}
+
+    _, table = report.group_table(selection.groups)
+    final = table["default"]["final_val_loss"]
+    assert (final.mean, final.std, final.n) == pytest.approx((2.0, math.sqrt(2), 2))  # s4_noval has none
+    improvement = table["default"]["improvement"]
+    assert (improvement.mean, improvement.n) == pytest.approx((6.0, 2))  # base 8 - finals 1 and 3
+    assert table["default"]["tokens_per_s"].n == 3
+    assert table["default [data.val_fraction=0.0]"]["final_val_loss"].n == 0
+    no_val = report.run_summary(report.load_run_dir(dirs["s3_noval"]))
+    assert no_val.keys().isdisjoint({"final_val_loss", "best_val_loss", "improvement"}) and no_val["tokens_per_s"] == 10
+
+
+def test_report_states_n_groups_and_left_out_runs(messy_runs, tmp_path):
+    _, dirs = messy_runs
+    out = tmp_path / "reports"
+    assert report.main([*map(str, dirs.values()), "--out", str(out)]) == 0
+    text = (out / "07_messy.md").read_text()
+    assert "nan" not in text.lower()
+    assert "| default | 3 | 2.0 ± 1.4 (n=2) | 2.0 ± 1.4 (n=2) | 6.0 ± 1.4 (n=2) |" in text
+    assert "| default [world_size=2] | 1 | 0.2500 | 0.2500 | 7.7500 |" in text
+    assert "| default [data.val_fraction=0.0] | 1 | – (n=0) |" in text
+    assert "- `default [world_size=2]`: world_size = 2 (main group: 1)" in text
+    assert f"- `{dirs['s0_old']}` (default, seed 0): `{dirs['s0_new']}` is used" in text
+    assert f"- `{dirs['s5_killed']}` (default, seed 5): killed (stale)" in text
+    assert "## Improvement over the base model" in text
+    assert "| default | 2 | 8.0000 | 2.0000 | 6.0 ± 1.4 |" in text
+    assert "training time (logged step times), not wall time" in text
+    assert f"| default [world_size=2] | 2 | 20 | 2 | 0.2500 | 15.0 | 203.0 | `{dirs['s2_ddp']}` |" in text
+    assert f"| default | 4 | 20 | 1 | – | 15.0 | 204.0 | `{dirs['s4_noval']}` |" in text
+
+
+def test_report_names_the_fad_embeddings_and_reference(tmp_path):
+    """The CLAP FAD is named as the one comparable with published numbers, the EnCodec-latent FAD as
+    comparable only across this project's runs; both embeddings and the reference set are named."""
+    from musicgen_lora.config import RunConfig
+    from musicgen_lora.manifest import generation_metrics
+
+    described = generation_metrics(RunConfig())
+    dirs = []
+    for seed in (0, 1):
+        run_dir = _write_run(tmp_path / "runs", f"g{seed}", variant="a", seed=seed, val_losses=(2.0, 1.0),
+                             tokens_per_s=(1, 1), manifest={"generation_metrics": described},
+                             config={"metrics": {"clap_model": "laion/larger_clap_music"}})
+        with (run_dir / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps({"step": 20, "time": 300.0, "gen/fad": 10.0 + seed, "gen/fad_clap": 0.5 + seed,
+                                     "gen/clap": 0.1, "gen/reference_clips": 7}) + "\n")
+        dirs.append(run_dir)
+    out = tmp_path / "reports"
+    assert report.main([*map(str, dirs), "--out", str(out)]) == 0
+    text = (out / "07_demo.md").read_text()
+    assert "final FAD (EnCodec latent) | final FAD (CLAP) | final CLAP score |" in text
+    assert "| 10.50 ± 0.71 | 1.00 ± 0.71 |" in text
+    notes = text.split("## Generation metrics")[1].split("## Loss curves")[0]
+    assert "`laion/larger_clap_music`" in notes and "comparable with published CLAP FAD" in notes
+    assert "EnCodec encoder latents of facebook/musicgen-small (frames pooling)" in notes
+    assert "comparable only across runs" in notes
+    assert "up to 32 held-out clips" in notes and "(7 clips in this run)" in notes

@@ -207,23 +207,27 @@ def generation_evaluator(cfg: RunConfig, model, cache_dir: Path, prompts: tuple[
         (log.warning if m.clap == "download" else log.info)(notice)
     embed = metrics_lib.encodec_embedder(model.audio_encoder, m.fad_pooling)
     if m.fad_embedding == "clap":
-        embed = None if clap is None else (lambda clips: clap.audio_embeddings(clips, fmt.sample_rate))
+        embed = None if clap is None else (lambda clips: clap.fad_embeddings(clips, fmt.sample_rate))
         if clap is None:
             log.warning("FAD with CLAP embeddings is skipped (no CLAP model); --metrics.fad-embedding encodec needs none.")
-    reference = None
-    if embed is not None:
+    reference = clap_reference = None
+    chosen = []
+    if embed is not None or clap is not None:
         train_clips, val_clips = split_clips(load_clips(cache_dir), cfg.data.val_fraction)
         chosen = (val_clips or train_clips)[: m.reference_clips]
         frames = max(1, round(m.reference_seconds * fmt.frame_rate))
-        reference = embed([metrics_lib.decode_codes(model.audio_encoder, c.codes[:, :frames], fmt.channels) for c in chosen])
-        log.info("FAD reference: %d %s clips, %d %s embeddings", len(chosen),
-                 "held-out" if val_clips else "training", len(reference), m.fad_embedding)
+        audio = [metrics_lib.decode_codes(model.audio_encoder, c.codes[:, :frames], fmt.channels) for c in chosen]
+        reference = embed(audio) if embed is not None else None
+        clap_reference = clap.fad_embeddings(audio, fmt.sample_rate) if clap is not None else None
+        log.info("FAD reference: %d %s clips (%s embeddings%s)", len(chosen), "held-out" if val_clips else "training",
+                 m.fad_embedding, f"; standard gen/fad_clap with {m.clap_model}" if clap is not None else "")
     if embed is None and clap is None:
         return None
     return metrics_lib.GenerationEvaluator(
         prompts=tuple(prompts), seeds=tuple(m.seeds), seconds=m.seconds or cfg.sample.seconds,
         sample_rate=fmt.sample_rate, reference=reference, embed=embed, clap=clap,
         guidance=cfg.sample.guidance, top_k=cfg.sample.top_k, temperature=cfg.sample.temperature,
+        clap_reference=clap_reference, reference_clips=len(chosen),
     )
 
 

@@ -170,8 +170,25 @@ def build_manifest(cfg, launch: Launch, *, world_size: int, resumed_step: int = 
         "end_time": None,
         "outcome": "running",
         "doctor": doctor_report(root),
+        "generation_metrics": generation_metrics(cfg),
     }
     return redact(manifest)
+
+
+def generation_metrics(cfg) -> dict | None:
+    """What the gen/* metrics measure: the embedding of each FAD and the reference set (None: off)."""
+    m = getattr(cfg, "metrics", None)
+    if m is None or not m.enabled:
+        return None
+    latent = (f"EnCodec encoder latents of {cfg.model.name} ({m.fad_pooling} pooling)" if m.fad_embedding == "encodec"
+              else f"CLAP {m.clap_model} audio embeddings")
+    return {
+        "gen/fad": {"embedding": latent, "comparable": "across runs of this project only"},
+        "gen/fad_clap": {"embedding": f"CLAP {m.clap_model} audio embeddings (48 kHz, 16-bit, one per clip, first 10 s)",
+                         "comparable": "with published CLAP FAD of the same checkpoint", "needs": "CLAP weights"},
+        "reference": (f"up to {m.reference_clips} held-out clips (the training clips when none are held out), first "
+                      f"{m.reference_seconds:g} s of each, decoded by the model's codec from the token cache"),
+    }
 
 
 def read_manifest(run_dir: Path) -> dict | None:

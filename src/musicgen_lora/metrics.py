@@ -1,8 +1,15 @@
 """Generation metrics: Frechet audio distance (FAD) to held-out clips and CLAP text-audio similarity.
 
-Both are computed on a fixed prompt set with fixed seeds, so values compare across steps and runs.
+All are computed on a fixed prompt set with fixed seeds, so values compare across steps and runs.
 
-FAD embedding, default `encodec`: the model's own EnCodec *encoder* latents (the continuous
+Two FADs. `gen/fad_clap` is the standard one, comparable with published numbers: LAION CLAP audio
+embeddings computed as fadtk's `clap-laion-*` models do (audio as 16-bit PCM, resampled to 48 kHz,
+one embedding per clip from its first 10 s), logged whenever CLAP weights are available. fadtk and
+frechet-audio-distance themselves do not fit the lock (together they pin transformers 4.x, numpy
+1.x and huggingface-hub 0.x), so the embedding is computed here with transformers' ClapModel.
+`gen/fad` is a latent FAD, comparable only across runs of this project:
+
+its embedding, default `encodec`, is the model's own EnCodec *encoder* latents (the continuous
 (B, D, frames) output before quantisation), needing no download. With `frames` pooling every
 latent frame (50 per second) is one sample of the Gaussian, as the original FAD (Kilgour et al.)
 used frame-level VGGish embeddings: a few short clips already give hundreds of samples in D = 128
@@ -16,7 +23,10 @@ round-off eigenvalues clipped, instead of a general `sqrtm` of a non-symmetric p
 FAD values only between runs with the same prompts, seeds, seconds and reference clips.
 
 CLAP (transformers `ClapModel`) needs weights that are not bundled; without them the CLAP metrics
-are skipped with one notice per run, never an error.
+(gen/clap and the standard gen/fad_clap) are skipped with one notice per run, never an error.
+A CLAP FAD from a few dozen clips in 512 dimensions is biased upwards (rank-deficient covariance):
+compare it between runs with the same prompts, seeds and reference, and with published values only
+at comparable set sizes.
 """
 
 from __future__ import annotations
@@ -143,7 +153,10 @@ class ClapScorer:
                 if mode == "auto" and isinstance(error, OSError)
                 else (str(error).strip().splitlines() or [type(error).__name__])[0]
             )
-            return None, f"CLAP weights {model_id!r} are not available ({reason}); CLAP metrics are skipped: {hint}."
+            return None, (
+                f"CLAP weights {model_id!r} are not available ({reason}); CLAP metrics are skipped (gen/clap, and "
+                f"gen/fad_clap: the FAD comparable with published numbers; gen/fad stays, in EnCodec latents): {hint}."
+            )
         return cls(model, processor, device), None
 
     @torch.no_grad()
@@ -171,6 +184,15 @@ class ClapScorer:
         text = self.text_embeddings(texts)
         return float(np.mean(np.sum(audio * text, axis=1)))
 
+    def fad_embeddings(self, clips: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
+        """One embedding per clip, as fadtk's clap-laion models: audio rounded to 16-bit PCM first."""
+        return self.audio_embeddings([as_pcm16(clip) for clip in clips], sample_rate)
+
+
+def as_pcm16(clip: np.ndarray) -> np.ndarray:
+    """Float audio as 16-bit PCM would store it (clipped to [-1, 1], rounded to 1/32767 steps)."""
+    return (np.round(np.clip(np.asarray(clip, dtype=np.float32), -1.0, 1.0) * 32767.0) / 32767.0).astype(np.float32)
+
 
 def _unit(output) -> np.ndarray:
     # transformers 5 returns an output whose pooler_output is the projected embedding; 4.x a tensor.
@@ -180,7 +202,8 @@ def _unit(output) -> np.ndarray:
 
 @dataclass
 class GenerationEvaluator:
-    """Generates `prompts` x `seeds` and scores them: gen/fad (vs `reference`) and gen/clap."""
+    """Generates `prompts` x `seeds` and scores them: gen/fad (vs `reference`), gen/fad_clap (vs
+    `clap_reference`) and gen/clap."""
 
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -193,6 +216,10 @@ class GenerationEvaluator:
     guidance: float = 3.0
     top_k: int = 250
     temperature: float = 1.0
+    clap_reference: np.ndarray | None = None
+    """CLAP embeddings (ClapScorer.fad_embeddings) of the same held-out clips; None skips gen/fad_clap."""
+    reference_clips: int = 0
+    """How many clips the references hold (logged as gen/reference_clips when > 0)."""
 
     def generate(self, model, tokenizer) -> tuple[list[np.ndarray], list[str]]:
         clips, texts = [], []
@@ -206,13 +233,18 @@ class GenerationEvaluator:
         return clips, texts
 
     def __call__(self, model, tokenizer, suffix: str = "") -> dict[str, float]:
-        """Metrics of `model` as gen/fad{suffix}, gen/clap{suffix} (those that are available)."""
+        """Metrics of `model` as gen/fad{suffix}, gen/fad_clap{suffix}, gen/clap{suffix} (those that
+        are available)."""
         clips, texts = self.generate(model, tokenizer)
         metrics = {}
         if self.reference is not None and self.embed is not None:
             metrics[f"gen/fad{suffix}"] = frechet_distance(self.embed(clips), self.reference)
+        if self.clap is not None and self.clap_reference is not None:
+            metrics[f"gen/fad_clap{suffix}"] = frechet_distance(self.clap.fad_embeddings(clips, self.sample_rate), self.clap_reference)
         if self.clap is not None:
             metrics[f"gen/clap{suffix}"] = self.clap.similarity(clips, self.sample_rate, texts)
+        if metrics and self.reference_clips:
+            metrics["gen/reference_clips"] = float(self.reference_clips)
         return metrics
 
     def base_metrics(self, model, tokenizer) -> dict[str, float]:
