@@ -80,6 +80,21 @@ def test_dataset_cache_splits_by_origin_and_reuses_codes(demo_dir, tmp_path, tin
     assert len(train) == 1 and len(val) == 1
 
 
+def test_audio_in_both_splits_is_only_held_out(demo_dir, tmp_path, tiny_codec):
+    from datasets import DatasetDict
+
+    from musicgen_lora.hf_data import prepare_dataset_cache
+
+    rows = _demo_rows(demo_dir)
+    DatasetDict({"train": _audio_dataset(rows[:4]), "test": _audio_dataset(rows[3:])}).save_to_disk(str(tmp_path / "ds"))
+    result = prepare_dataset_cache(str(tmp_path / "ds"), tmp_path / "cache", encoder=tiny_codec.encoder,
+                                   fmt=tiny_codec.fmt, codec_id=tiny_codec.codec_id)
+    assert result.encoded == 6 and len(result.entries) == 7  # the shared clip is encoded once
+    train, val = split_cached(tmp_path / "cache", 0.1)
+    assert len(train) == 3 and len(val) == 3
+    assert not {c.content_sha256 for c in train} & {c.content_sha256 for c in val}
+
+
 def test_old_cache_without_origin_split_is_readable(demo_cache, tmp_path):
     import shutil
 
@@ -160,3 +175,12 @@ def test_dataset_and_path_together_are_refused():
     with pytest.raises(ConfigValueError, match="pass only one"):
         validate_run_config(cfg)
     validate_run_config(apply_overrides(RunConfig(), {"data.dataset": "some/dataset"}))
+
+
+def test_single_saved_dataset_is_the_training_split(demo_dir, tmp_path):
+    _audio_dataset(_demo_rows(demo_dir)[:2]).save_to_disk(str(tmp_path / "one"))
+    splits = load_splits(str(tmp_path / "one"))
+    assert list(splits) == ["train"] and splits["train"].num_rows == 2
+    _saved_dict(demo_dir, tmp_path / "dict")
+    with pytest.raises(DatasetSourceError, match="splits: train, validation"):
+        load_splits(str(tmp_path / "dict"), split="training")

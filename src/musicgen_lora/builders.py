@@ -153,7 +153,9 @@ def split_cached(cache_dir: Path, val_fraction: float, train_split: str = "train
     held = held_out_sources(cache_dir, train_split)
     if held is None:
         return split_clips(clips, val_fraction)
-    return [c for c in clips if c.source not in held], [c for c in clips if c.source in held]
+    val = [c for c in clips if c.source in held]
+    copies = {c.content_sha256 for c in val}  # audio in both splits is held out: no leak into training
+    return [c for c in clips if c.source not in held and c.content_sha256 not in copies], val
 
 
 def percussive_encoder(encoder):
