@@ -99,6 +99,11 @@ def load_audio(path: Path, sample_rate: int, channels: int, min_samples: int = 1
     Raises AudioError with the reason when the file holds nothing a model can learn from.
     """
     samples, rate = decode(path)
+    return condition(samples, rate, sample_rate, channels, min_samples)
+
+
+def condition(samples: np.ndarray, rate: int, sample_rate: int, channels: int, min_samples: int = 1) -> np.ndarray:
+    """Check decoded (channels, samples) audio, convert channels and resample (see `load_audio`)."""
     if samples.size == 0:
         raise AudioError("no samples")
     if not np.isfinite(samples).all():

@@ -86,9 +86,20 @@ def default_cache_dir(data_path: Path | None, codec_id: str) -> Path:
     return CACHE_ROOT / "tokens" / f"{Path(resolved).name}-{folder_hash}-{codec_id}"
 
 
+def dataset_cache_dir(name: str, codec_id: str, split: str) -> Path:
+    """Per dataset (a local folder by its resolved path, a Hub id by name), split and codec."""
+    local = Path(name).expanduser()
+    ident = str(local.resolve()) if local.exists() else name
+    tag = hashlib.sha256(f"{ident}|{split}".encode()).hexdigest()[:8]
+    return CACHE_ROOT / "tokens" / f"hf-{Path(ident).name}-{tag}-{codec_id}"
+
+
 def token_cache(cfg: RunConfig, model, fmt: AudioFormat, device: torch.device, log_summary: bool = True) -> Path:
-    """Encode the data folder (or the demo loops) into the token cache; unchanged files are reused."""
+    """Encode the data folder, the --data.dataset, or the demo loops into the token cache;
+    unchanged files are reused."""
     codec_id = model_lib.codec_identity(model, cfg.model.name)
+    if cfg.data.dataset is not None:
+        return _dataset_token_cache(cfg, model, fmt, device, codec_id, log_summary)
     data_path = cfg.data.path
     if data_path is None:
         data_path = CACHE_ROOT / "demo_audio" / f"loops{cfg.data.demo_loops_per_style}-{fmt.sample_rate}"
@@ -113,6 +124,38 @@ def token_cache(cfg: RunConfig, model, fmt: AudioFormat, device: torch.device, l
     if log_summary:
         print(result.summary())
     return cache_dir
+
+
+def _dataset_token_cache(cfg: RunConfig, model, fmt: AudioFormat, device, codec_id: str, log_summary: bool) -> Path:
+    from musicgen_lora.hf_data import prepare_dataset_cache
+
+    encoder, preprocessing = codec_encoder(model.audio_encoder, fmt, device), None
+    if cfg.data.percussive:
+        encoder, preprocessing = percussive_encoder(encoder)
+    cache_tag = codec_id + ("-percussive" if preprocessing else "")
+    cache_dir = cfg.data.cache_dir or dataset_cache_dir(cfg.data.dataset, cache_tag, cfg.data.split)
+    result = prepare_dataset_cache(
+        cfg.data.dataset, cache_dir, encoder=encoder, fmt=fmt, codec_id=codec_id,
+        audio_column=cfg.data.audio_column, text_column=cfg.data.text_column, split=cfg.data.split,
+        caption_template=cfg.data.caption_template, batch_size=cfg.data.encode_batch_size, preprocessing=preprocessing,
+    )
+    if log_summary:
+        print(result.summary())
+    return cache_dir
+
+
+def split_cached(cache_dir: Path, val_fraction: float, train_split: str = "train") -> tuple[list[Clip], list[Clip]]:
+    """(train, validation) clips: a dataset's own validation split when the cache records one,
+    else a deterministic random share by content hash."""
+    from musicgen_lora.hf_data import held_out_sources
+
+    clips = load_clips(cache_dir)
+    held = held_out_sources(cache_dir, train_split)
+    if held is None:
+        return split_clips(clips, val_fraction)
+    val = [c for c in clips if c.source in held]
+    copies = {c.content_sha256 for c in val}  # audio in both splits is held out: no leak into training
+    return [c for c in clips if c.source not in held and c.content_sha256 not in copies], val
 
 
 def percussive_encoder(encoder):
@@ -152,8 +195,7 @@ def load_clips(cache_dir: Path) -> list[Clip]:
 
 
 def training_data(cfg: RunConfig, cache_dir: Path, fmt: AudioFormat, world_size: int = 1, silence=None, tokenizer=None) -> TrainingData:
-    clips = load_clips(cache_dir)
-    train_clips, val_clips = split_clips(clips, cfg.data.val_fraction)
+    train_clips, val_clips = split_cached(cache_dir, cfg.data.val_fraction, cfg.data.split)
     frames = max(1, round(cfg.data.window_seconds * fmt.frame_rate))
     check_windows(train_clips, frames, cfg.data.pad_mode, fmt.frame_rate)
     check_batch(train_clips, frames, cfg.train.batch_size)
@@ -213,7 +255,7 @@ def generation_evaluator(cfg: RunConfig, model, cache_dir: Path, prompts: tuple[
     reference = clap_reference = None
     chosen = []
     if embed is not None or clap is not None:
-        train_clips, val_clips = split_clips(load_clips(cache_dir), cfg.data.val_fraction)
+        train_clips, val_clips = split_cached(cache_dir, cfg.data.val_fraction, cfg.data.split)
         chosen = (val_clips or train_clips)[: m.reference_clips]
         frames = max(1, round(m.reference_seconds * fmt.frame_rate))
         audio = [metrics_lib.decode_codes(model.audio_encoder, c.codes[:, :frames], fmt.channels) for c in chosen]

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("musicgen_lora.report", "compare runs: reports/NN_name.md + plots"),
     "azure": ("musicgen_lora.azure", "submit and manage runs on Azure ML"),
     "loops": ("musicgen_lora.loops", "cut beat-aligned loops out of longer audio"),
+    "caption": ("musicgen_lora.autocaption", "caption an audio folder: tempo, key, CLAP tags -> metadata.jsonl"),
     "export": ("musicgen_lora.export", "export an adapter, alone or merged into the base model"),
 }
 

@@ -16,6 +16,17 @@ class DataConfig:
     path: Path | None = None
     """Folder of audio files (wav/flac/ogg/mp3/aiff, searched recursively), with optional
     metadata.csv / metadata.jsonl captions (columns file_name, text). None: the built-in demo loops."""
+    dataset: str | None = None
+    """A Hugging Face dataset instead of a folder: a Hub id, a folder written by save_to_disk, a
+    folder of parquet/arrow files, or an audiofolder folder (with train/validation/test splits).
+    Not together with --data.path; with --smoke it replaces the demo loops."""
+    audio_column: str = "audio"
+    """--data.dataset: the column holding the audio (an Audio feature, file paths, or arrays)."""
+    text_column: str = "text"
+    """--data.dataset: the column holding the captions (empty ones get --data.caption-template)."""
+    split: str = "train"
+    """--data.dataset: the split to train on. A validation/valid/val/test split, when present, is
+    held out for evaluation instead of a random --data.val-fraction share."""
     cache_dir: Path | None = None
     """Token cache folder. None: .cache/musicgen-lora/tokens/<data folder>-<codec id>."""
     caption_template: str = "{folder} loop"

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 import tyro
 
-from musicgen_lora.builders import default_cache_dir, percussive_encoder
+from musicgen_lora.builders import dataset_cache_dir, default_cache_dir, percussive_encoder
+from musicgen_lora.hf_data import DatasetSourceError, prepare_dataset_cache
 from musicgen_lora.model import ModelLoadError, audio_format, codec_identity, load_musicgen
 from musicgen_lora.outputs import require_folder
 from musicgen_lora.tokens import (
@@ -39,8 +40,17 @@ from musicgen_lora.tokens import (
 class PrepareArgs:
     """Encode every audio file under --data with the model's frozen EnCodec into a token cache."""
 
-    data: Path
+    data: Path | None = None
     """Folder of audio files (searched recursively), with optional metadata.csv / metadata.jsonl captions."""
+    dataset: str | None = None
+    """Instead of --data: a Hugging Face dataset (Hub id, save_to_disk folder, parquet/arrow folder,
+    audiofolder folder), as --data.dataset in training."""
+    audio_column: str = "audio"
+    """--dataset: the audio column."""
+    text_column: str = "text"
+    """--dataset: the caption column."""
+    split: str = "train"
+    """--dataset: the training split (a validation/test split is encoded too and held out)."""
     model: str = "facebook/musicgen-small"
     """Hub id or local folder of the MusicGen checkpoint whose codec encodes the audio (`tiny` offline)."""
     cache: Path | None = None
@@ -63,6 +73,8 @@ def main(argv: list[str]) -> int:
     try:  # before the model loads: a wrong path costs nothing
         if args.cache is not None:
             require_folder("--cache", args.cache)
+        if (args.data is None) == (args.dataset is None):
+            raise ValueError("pass either --data (an audio folder) or --dataset (a Hugging Face dataset)")
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1 (got {args.batch_size})")
     except ValueError as error:  # OutputPathError included
@@ -80,13 +92,25 @@ def main(argv: list[str]) -> int:
     encoder, preprocessing = codec_encoder(model.audio_encoder, fmt, device), None
     if args.percussive:
         encoder, preprocessing = percussive_encoder(encoder)
-    cache = args.cache or default_cache_dir(args.data, codec_id + ("-percussive" if preprocessing else ""))
+    tag = codec_id + ("-percussive" if preprocessing else "")
     try:
-        result = prepare_cache(
-            args.data, cache, encoder=encoder, fmt=fmt,
-            codec_id=codec_id, caption_template=args.caption_template, use_metadata=args.use_metadata,
-            batch_size=args.batch_size, preprocessing=preprocessing,
-        )
+        if args.dataset is not None:
+            cache = args.cache or dataset_cache_dir(args.dataset, tag, args.split)
+            result = prepare_dataset_cache(
+                args.dataset, cache, encoder=encoder, fmt=fmt, codec_id=codec_id, audio_column=args.audio_column,
+                text_column=args.text_column, split=args.split, caption_template=args.caption_template,
+                batch_size=args.batch_size, preprocessing=preprocessing,
+            )
+        else:
+            cache = args.cache or default_cache_dir(args.data, tag)
+            result = prepare_cache(
+                args.data, cache, encoder=encoder, fmt=fmt,
+                codec_id=codec_id, caption_template=args.caption_template, use_metadata=args.use_metadata,
+                batch_size=args.batch_size, preprocessing=preprocessing,
+            )
+    except DatasetSourceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except (NoUsableAudioError, CacheMismatchError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -50,6 +50,9 @@ class CacheEntry:
     key: str
     caption: str
     frames: int
+    origin_split: str | None = None
+    """The dataset split an example came from (Hugging Face datasets only; None in folder caches,
+    and in caches written before the field existed)."""
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from musicgen_lora.config import RunConfig, to_dict
 from musicgen_lora.data import DataConfigError, DrawSampler
 from musicgen_lora.forward import TextStateCache, forward_loss
 from musicgen_lora.generate import generate_audio, write_wav
+from musicgen_lora.hf_data import DatasetSourceError
 from musicgen_lora.loss import add_stats, codebook_metrics
 from musicgen_lora.manifest import Launch, read_manifest
 from musicgen_lora.model import LoraTargetError, ModelLoadError
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_ERRORS = (
     ModelLoadError, LoraTargetError, CacheMismatchError, NoUsableAudioError, DataConfigError, ResumeConfigError,
-    RunDirLockedError,
+    RunDirLockedError, DatasetSourceError,
 )
 """Errors raised before training starts whose message says which setting to change."""
 

@@ -62,6 +62,8 @@ def validate_run_config(cfg: RunConfig) -> None:
     d, lora, o, t, s, m = cfg.data, cfg.lora, cfg.optim, cfg.train, cfg.sample, cfg.metrics
     folder_or_missing("output_dir", cfg.output_dir)
     folder_or_missing("data.cache_dir", d.cache_dir)
+    if d.dataset is not None and d.path is not None:
+        raise ConfigValueError("--data.dataset and --data.path are alternatives: pass only one of them")
     positive("data.window_seconds", d.window_seconds)
     within("data.val_fraction", d.val_fraction, 0, 1, high_open=True)  # 1 would leave nothing to train on
     within("data.condition_dropout", d.condition_dropout, 0, 1)
