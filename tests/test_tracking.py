@@ -140,3 +140,27 @@ def test_audio_layout_for_wandb(clip_shape):
 
     out = _wandb_audio_array(np.zeros(clip_shape, np.float32))
     assert out.shape == ((320,) if clip_shape[0] == 1 else (320, 2))
+
+
+def test_wandb_run_names_are_unique_per_run_directory(monkeypatch, tmp_path):
+    """Issue 16.7: two runs with the same experiment, variant and seed get different W&B names; a
+    resumed run (same directory) keeps its name."""
+    from musicgen_lora.builders import wandb_run_name
+    from musicgen_lora.config import RunConfig
+
+    monkeypatch.delenv("AZUREML_RUN_ID", raising=False)
+    cfg = RunConfig()
+    names = {wandb_run_name(cfg, tmp_path / folder) for folder in ("a", "b", "01_baseline-default-s0-20261127-1200")}
+    assert len(names) == 3 and "01_baseline-default-s0-a" in names
+    assert wandb_run_name(cfg, tmp_path / "a") == wandb_run_name(cfg, tmp_path / "a")
+    monkeypatch.setenv("AZUREML_RUN_ID", "job_42")
+    assert wandb_run_name(cfg, tmp_path / "outputs") == "01_baseline-default-s0-job_42"
+
+
+def test_wandb_disabled_in_the_environment_wins_over_any_flag(monkeypatch):
+    from musicgen_lora.tracking import wandb_mode
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode("offline") == wandb_mode("online") == wandb_mode("auto") == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_mode("online") == "online" and wandb_mode("auto") == "offline"
