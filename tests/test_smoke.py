@@ -1,6 +1,7 @@
 """End to end: the main job's --smoke run, then `musicgen-lora generate` from its adapter."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,14 @@ def test_baseline_smoke_then_generate(repo_root, tmp_path):
     assert records[-1]["step"] == config["train"]["max_steps"]
     assert train_losses[-1] < train_losses[0]
     assert any("val/loss" in r for r in records)
+    # Issue 12.4 / 12.8: the group split is written down, and each evaluation says what it runs.
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["files"]) == sum(split["files_per_side"].values()) >= 2
+    assert split["groups"]["val"] >= 1 and split["groups"]["train"] >= 1
+    assert {row["side"] for row in split["files"]} == {"train", "val"}
+    assert json.loads((run_dir / "manifest.json").read_text())["split"]["groups"] == split["groups"]
+    steps = config["train"]["max_steps"]
+    assert re.search(rf"evaluating at step {steps}: validation loss \(\d+ windows\), \d+ samples", done.stderr)
 
     out = tmp_path / "gen.wav"
     gen = subprocess.run(

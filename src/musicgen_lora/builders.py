@@ -29,6 +29,7 @@ from musicgen_lora.data import (
     split_clips,
 )
 from musicgen_lora.demo import write_demo_loops
+from musicgen_lora.groups import split_record
 from musicgen_lora.manifest import Launch, ManifestTracker, build_manifest
 from musicgen_lora.model import AudioFormat
 from musicgen_lora.outputs import respect_umask
@@ -109,6 +110,7 @@ def token_cache(cfg: RunConfig, model, fmt: AudioFormat, device: torch.device, l
         use_metadata=cfg.data.use_metadata,
         batch_size=cfg.data.encode_batch_size,
         preprocessing=preprocessing,
+        group_by=cfg.data.group_by,
     )
     if log_summary:
         print(result.summary())
@@ -142,11 +144,12 @@ class TrainingData:
     frame_rate: int
     num_codebooks: int
     sample_prompts: tuple[str, ...]
+    split: dict  # split.json: group counts per side, every file with its group and side
 
 
 def load_clips(cache_dir: Path) -> list[Clip]:
     return [
-        Clip(load_codes(cache_dir, entry), entry.caption, entry.source, entry.content_sha256)
+        Clip(load_codes(cache_dir, entry), entry.caption, entry.source, entry.content_sha256, entry.group)
         for entry in load_manifest(cache_dir)
     ]
 
@@ -154,6 +157,10 @@ def load_clips(cache_dir: Path) -> list[Clip]:
 def training_data(cfg: RunConfig, cache_dir: Path, fmt: AudioFormat, world_size: int = 1, silence=None, tokenizer=None) -> TrainingData:
     clips = load_clips(cache_dir)
     train_clips, val_clips = split_clips(clips, cfg.data.val_fraction)
+    split = split_record(clips, cfg.data.val_fraction)
+    if cfg.data.val_fraction > 0 and len(clips) > 1 and not split["groups"]["val"]:
+        log.warning("all %d files form one group (--data.group-by %s): nothing is held out for validation",
+                    len(clips), cfg.data.group_by)
     frames = max(1, round(cfg.data.window_seconds * fmt.frame_rate))
     check_windows(train_clips, frames, cfg.data.pad_mode, fmt.frame_rate)
     check_batch(train_clips, frames, cfg.train.batch_size)
@@ -176,7 +183,7 @@ def training_data(cfg: RunConfig, cache_dir: Path, fmt: AudioFormat, world_size:
         delays=codebook_delays(fmt.num_codebooks, fmt.channels),
         special_token_id=fmt.pad_token_id,
     )
-    return TrainingData(train, val, collator, frames, fmt.frame_rate, fmt.num_codebooks, tuple(prompts))
+    return TrainingData(train, val, collator, frames, fmt.frame_rate, fmt.num_codebooks, tuple(prompts), split)
 
 
 def _tokenizer_for(cfg: RunConfig):
