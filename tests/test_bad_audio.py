@@ -32,8 +32,8 @@ def test_exactly_the_good_files_are_kept(prepared):
 def test_every_bad_file_is_skipped_with_its_reason(prepared):
     corpus, result, cache, _ = prepared
     report = json.loads((cache / "skipped.json").read_text())
-    assert report == result.skipped
-    reasons = {item["source"]: item["reason"] for item in report}
+    assert report == result.skipped + result.metadata_skipped
+    reasons = {item["source"]: item["reason"] for item in result.skipped}
     assert set(reasons) == set(corpus.bad)
     for source, fragment in corpus.bad.items():
         assert fragment in reasons[source], (source, reasons[source])
@@ -73,6 +73,12 @@ def test_metadata_problems_warn_and_use_the_fallback(prepared):
         assert captions[source] == caption
     missing = [w for w in result.warnings if "names missing file" in w]
     assert len(missing) == 1 and corpus.missing_in_metadata in missing[0]
+    line = len(corpus.captioned) + 2  # the header, the captioned rows, then the missing file's row
+    assert missing[0].endswith(f"metadata.csv:{line}: names missing file {corpus.missing_in_metadata!r}")
+    assert result.metadata_skipped == [
+        {"source": "metadata.csv", "line": line, "reason": f"names missing file {corpus.missing_in_metadata!r}"}
+    ]
+    assert result.summary().endswith("; 1 metadata rows skipped")
     fallback = [w for w in result.warnings if "no caption in metadata" in w]
     uncaptioned = sorted(corpus.good - set(corpus.captioned))
     assert len(fallback) == 1 and fallback[0].startswith(f"{len(uncaptioned)} files have no caption")

@@ -68,7 +68,7 @@ def test_dataset_cache_splits_by_origin_and_reuses_codes(demo_dir, tmp_path, tin
     kwargs = {"encoder": tiny_codec.encoder, "fmt": tiny_codec.fmt, "codec_id": tiny_codec.codec_id}
     first = prepare_dataset_cache(str(tmp_path / "ds"), tmp_path / "cache", **kwargs)
     assert first.encoded == 6 and not first.skipped
-    train, val = split_cached(tmp_path / "cache", val_fraction=0.5)
+    train, val, _ = split_cached(tmp_path / "cache", val_fraction=0.5)
     assert len(train) == 4 and len(val) == 2  # the dataset's own validation split, not 50 %
     assert all(c.source.startswith("validation/") for c in val)
     assert prepare_dataset_cache(str(tmp_path / "ds"), tmp_path / "cache", **kwargs).encoded == 0
@@ -76,7 +76,7 @@ def test_dataset_cache_splits_by_origin_and_reuses_codes(demo_dir, tmp_path, tin
     # --data.split validation trains on it; "train" is then no held-out split name: random split.
     other = prepare_dataset_cache(str(tmp_path / "ds"), tmp_path / "cache2", split="validation", **kwargs)
     assert {e.origin_split for e in other.entries} == {"validation"}
-    train, val = split_cached(tmp_path / "cache2", 0.5, "validation")
+    train, val, _ = split_cached(tmp_path / "cache2", 0.5, "validation")
     assert len(train) == 1 and len(val) == 1
 
 
@@ -90,7 +90,7 @@ def test_audio_in_both_splits_is_only_held_out(demo_dir, tmp_path, tiny_codec):
     result = prepare_dataset_cache(str(tmp_path / "ds"), tmp_path / "cache", encoder=tiny_codec.encoder,
                                    fmt=tiny_codec.fmt, codec_id=tiny_codec.codec_id)
     assert result.encoded == 6 and len(result.entries) == 7  # the shared clip is encoded once
-    train, val = split_cached(tmp_path / "cache", 0.1)
+    train, val, _ = split_cached(tmp_path / "cache", 0.1)
     assert len(train) == 3 and len(val) == 3
     assert not {c.content_sha256 for c in train} & {c.content_sha256 for c in val}
 
@@ -105,7 +105,7 @@ def test_old_cache_without_origin_split_is_readable(demo_cache, tmp_path):
         entry.pop("origin_split", None)  # as written before the field existed
     (cache / "manifest.json").write_text(json.dumps(manifest))
     assert all(e.origin_split is None for e in load_manifest(cache))
-    train, val = split_cached(cache, 0.2)
+    train, val, _ = split_cached(cache, 0.2)
     assert len(val) == 1 and len(train) == 5  # the random content-hash split, as before
 
 

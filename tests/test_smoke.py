@@ -3,6 +3,7 @@ samples, generation metrics), then `musicgen-lora generate` from its adapter."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -39,6 +40,14 @@ def test_baseline_smoke_then_generate(repo_root, tmp_path):
     assert records[0]["step"] == 0 and records[0]["val/loss"] == records[0]["val/loss_base"]
     final_val = [r["val/loss"] for r in records if "val/loss" in r and r["step"] == records[-1]["step"]]
     assert final_val[0] < records[0]["val/loss_base"]
+    # Issue 12.4 / 12.8: the group split is written down, and each evaluation says what it runs.
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["files"]) == sum(split["files_per_side"].values()) >= 2
+    assert split["groups"]["val"] >= 1 and split["groups"]["train"] >= 1
+    assert {row["side"] for row in split["files"]} == {"train", "val"}
+    assert json.loads((run_dir / "manifest.json").read_text())["split"]["groups"] == split["groups"]
+    steps = config["train"]["max_steps"]
+    assert re.search(rf"evaluating at step {steps}: validation loss \(\d+ windows\), \d+ samples", done.stderr)
 
     out = tmp_path / "gen.wav"
     gen = subprocess.run(

@@ -29,6 +29,7 @@ from musicgen_lora.data import (
     split_clips,
 )
 from musicgen_lora.demo import write_demo_loops
+from musicgen_lora.groups import split_record
 from musicgen_lora.manifest import Launch, ManifestTracker, build_manifest
 from musicgen_lora.model import AudioFormat
 from musicgen_lora.outputs import respect_umask
@@ -120,6 +121,7 @@ def token_cache(cfg: RunConfig, model, fmt: AudioFormat, device: torch.device, l
         use_metadata=cfg.data.use_metadata,
         batch_size=cfg.data.encode_batch_size,
         preprocessing=preprocessing,
+        group_by=cfg.data.group_by,
     )
     if log_summary:
         print(result.summary())
@@ -144,18 +146,32 @@ def _dataset_token_cache(cfg: RunConfig, model, fmt: AudioFormat, device, codec_
     return cache_dir
 
 
-def split_cached(cache_dir: Path, val_fraction: float, train_split: str = "train") -> tuple[list[Clip], list[Clip]]:
-    """(train, validation) clips: a dataset's own validation split when the cache records one,
-    else a deterministic random share by content hash."""
+def split_cached(cache_dir: Path, val_fraction: float, train_split: str = "train", clips: list[Clip] | None = None):
+    """(train clips, validation clips, the split.json record): a dataset's own validation split
+    when the cache records one, else a deterministic share of the groups (see `groups`)."""
     from musicgen_lora.hf_data import held_out_sources
 
-    clips = load_clips(cache_dir)
+    clips = load_clips(cache_dir) if clips is None else clips
     held = held_out_sources(cache_dir, train_split)
     if held is None:
-        return split_clips(clips, val_fraction)
+        train, val = split_clips(clips, val_fraction)
+        return train, val, split_record(clips, val_fraction)
     val = [c for c in clips if c.source in held]
     copies = {c.content_sha256 for c in val}  # audio in both splits is held out: no leak into training
-    return [c for c in clips if c.source not in held and c.content_sha256 not in copies], val
+    train = [c for c in clips if c.source not in held and c.content_sha256 not in copies]
+    return train, val, dataset_split_record(clips, train, val)
+
+
+def dataset_split_record(clips: list[Clip], train: list[Clip], val: list[Clip]) -> dict:
+    """split.json for a dataset's own splits (same fields as `groups.split_record`)."""
+    side = {id(c): "train" for c in train} | {id(c): "val" for c in val}
+    files = [{"file": c.source, "group": c.group or c.source, "side": side.get(id(c), "excluded")} for c in clips]
+    return {
+        "val_fraction": None,
+        "groups": {s: len({f["group"] for f in files if f["side"] == s}) for s in ("train", "val")},
+        "files_per_side": {s: sum(f["side"] == s for f in files) for s in ("train", "val")},
+        "files": files,
+    }
 
 
 def percussive_encoder(encoder):
@@ -185,17 +201,22 @@ class TrainingData:
     frame_rate: int
     num_codebooks: int
     sample_prompts: tuple[str, ...]
+    split: dict  # split.json: group counts per side, every file with its group and side
 
 
 def load_clips(cache_dir: Path) -> list[Clip]:
     return [
-        Clip(load_codes(cache_dir, entry), entry.caption, entry.source, entry.content_sha256)
+        Clip(load_codes(cache_dir, entry), entry.caption, entry.source, entry.content_sha256, entry.group)
         for entry in load_manifest(cache_dir)
     ]
 
 
 def training_data(cfg: RunConfig, cache_dir: Path, fmt: AudioFormat, world_size: int = 1, silence=None, tokenizer=None) -> TrainingData:
-    train_clips, val_clips = split_cached(cache_dir, cfg.data.val_fraction, cfg.data.split)
+    clips = load_clips(cache_dir)
+    train_clips, val_clips, split = split_cached(cache_dir, cfg.data.val_fraction, cfg.data.split, clips)
+    if cfg.data.val_fraction > 0 and len(clips) > 1 and not val_clips:
+        log.warning("all %d files form one group (--data.group-by %s): nothing is held out for validation",
+                    len(clips), cfg.data.group_by)
     frames = max(1, round(cfg.data.window_seconds * fmt.frame_rate))
     check_windows(train_clips, frames, cfg.data.pad_mode, fmt.frame_rate)
     check_batch(train_clips, frames, cfg.train.batch_size)
@@ -218,7 +239,7 @@ def training_data(cfg: RunConfig, cache_dir: Path, fmt: AudioFormat, world_size:
         delays=codebook_delays(fmt.num_codebooks, fmt.channels),
         special_token_id=fmt.pad_token_id,
     )
-    return TrainingData(train, val, collator, frames, fmt.frame_rate, fmt.num_codebooks, tuple(prompts))
+    return TrainingData(train, val, collator, frames, fmt.frame_rate, fmt.num_codebooks, tuple(prompts), split)
 
 
 def _tokenizer_for(cfg: RunConfig):
@@ -255,7 +276,7 @@ def generation_evaluator(cfg: RunConfig, model, cache_dir: Path, prompts: tuple[
     reference = clap_reference = None
     chosen = []
     if embed is not None or clap is not None:
-        train_clips, val_clips = split_cached(cache_dir, cfg.data.val_fraction, cfg.data.split)
+        train_clips, val_clips, _ = split_cached(cache_dir, cfg.data.val_fraction, cfg.data.split)
         chosen = (val_clips or train_clips)[: m.reference_clips]
         frames = max(1, round(m.reference_seconds * fmt.frame_rate))
         audio = [metrics_lib.decode_codes(model.audio_encoder, c.codes[:, :frames], fmt.channels) for c in chosen]

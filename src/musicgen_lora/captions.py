@@ -3,6 +3,12 @@
 A metadata file may sit in any folder; its `file_name` column is relative to that folder, its
 `text` column is the caption. Files without a caption get a caption from a template, and every
 such case is reported: nothing falls back silently to a dummy prompt.
+
+Metadata is written by people and spreadsheets, so reading it never crashes on one bad row: a
+byte-order mark (Excel's "CSV UTF-8") is ignored; an unclosed quote, a wrong column count, a row
+that is not an object, a non-string name or caption, a NUL byte, an over-long name, a file named
+twice: each is a `MetadataProblem` (file, line, reason), logged and listed in the cache's
+skipped.json by prepare, and the row is skipped.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import csv
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -18,38 +25,152 @@ log = logging.getLogger(__name__)
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 MAX_LISTED = 10
 """Files named in one fallback-caption warning before it says "and N more"."""
+MAX_NAME_BYTES = 255
+"""Longest file name component most file systems accept; a longer one cannot name a real file."""
+MAX_PATH_BYTES = 4096
 
 
-def read_metadata(root: Path) -> tuple[dict[Path, str], list[str]]:
-    """Captions by resolved file path from every metadata file under `root`, plus warnings."""
-    captions: dict[Path, str] = {}
-    warnings: list[str] = []
+@dataclass(frozen=True)
+class MetadataProblem:
+    """A metadata row (or a whole metadata file when `line` is None) that was skipped, and why."""
+
+    metadata: Path
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.metadata}{'' if self.line is None else f':{self.line}'}: {self.reason}"
+
+    def record(self, root: Path) -> dict:
+        """The skipped.json entry: the metadata file relative to the data folder, the line, the reason."""
+        return {"source": self.metadata.relative_to(root).as_posix(), "line": self.line, "reason": self.reason}
+
+
+Row = tuple[int, object]
+"""(first line of the row in its file, the parsed row: a dict when well formed)."""
+
+
+def read_metadata_rows(root: Path) -> tuple[dict[Path, dict], list[MetadataProblem]]:
+    """Valid metadata rows by resolved file path from every metadata file under `root`, plus the
+    problems of the rows that were skipped. The first row naming a file wins."""
+    rows: dict[Path, dict] = {}
+    first_line: dict[Path, str] = {}
+    problems: list[MetadataProblem] = []
     for name in METADATA_FILES:
         for metadata in sorted(root.rglob(name)):
             try:
-                rows = _read_rows(metadata)
-            except (OSError, ValueError, csv.Error) as error:
-                warnings.append(f"{metadata}: unreadable metadata ({error}); its captions are ignored")
+                parsed = _read_csv(metadata, problems) if name.endswith(".csv") else _read_jsonl(metadata, problems)
+            except (OSError, ValueError) as error:  # UnicodeDecodeError included
+                problems.append(MetadataProblem(metadata, None, f"unreadable metadata ({error}); its captions are ignored"))
                 continue
-            for line, row in enumerate(rows, start=2 if name.endswith(".csv") else 1):
-                file_name, text = row.get("file_name"), row.get("text")
-                if not file_name or text is None or not str(text).strip():
-                    warnings.append(f"{metadata}:{line}: needs non-empty 'file_name' and 'text'")
+            for line, row in parsed:
+                reason, path = _row_problem(metadata, row)
+                if reason is None and path in first_line:
+                    reason = f"names {row['file_name']!r} again (first at {first_line[path]}); this row is ignored"
+                if reason is not None:
+                    problems.append(MetadataProblem(metadata, line, reason))
                     continue
-                path = Path(os.path.realpath(metadata.parent / file_name))  # never raises on a symlink loop
-                if not path.is_file():
-                    warnings.append(f"{metadata}:{line}: names missing file {file_name!r}")
-                    continue
-                captions[path] = str(text).strip()
-    return captions, warnings
+                first_line[path] = f"{metadata.name}:{line}"
+                rows[path] = row
+    problems.sort(key=lambda problem: (str(problem.metadata), problem.line or 0))
+    return rows, problems
 
 
-def _read_rows(metadata: Path) -> list[dict]:
-    if metadata.suffix == ".csv":
-        with open(metadata, newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-    with open(metadata, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def read_metadata(root: Path) -> tuple[dict[Path, str], list[MetadataProblem]]:
+    """Captions by resolved file path from every metadata file under `root`, plus the problems."""
+    rows, problems = read_metadata_rows(root)
+    return {path: row["text"].strip() for path, row in rows.items()}, problems
+
+
+def _read_csv(metadata: Path, problems: list[MetadataProblem]) -> list[Row]:
+    """Rows of a CSV file as dicts; malformed rows are reported with their line and left out.
+    strict: a quote left open is an error at the end of the file, not a caption swallowing it."""
+    rows: list[Row] = []
+    with open(metadata, newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's byte-order mark
+        reader = csv.reader(handle, strict=True)
+        header, end = None, 0
+        while True:
+            start = end + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:
+                problems.append(MetadataProblem(metadata, start, _csv_error(error, start, reader.line_num)))
+                if reader.line_num <= end or "end of data" in str(error):
+                    break  # nothing left to read
+                end = reader.line_num
+                continue
+            end = reader.line_num
+            if header is None:
+                header = [name.strip() for name in fields]
+                if not {"file_name", "text"} <= set(header):
+                    problems.append(MetadataProblem(metadata, start, f"the header {fields} lacks 'file_name' and 'text'; "
+                                                    "this file is ignored"))
+                    return []
+                continue
+            if not fields:
+                continue  # a blank line
+            if len(fields) != len(header):
+                problems.append(MetadataProblem(
+                    metadata, start, f"{len(fields)} columns, the header has {len(header)} ({', '.join(header)}): "
+                    "an unquoted comma in a caption? Quote it; this row is ignored"))
+                continue
+            if end > start:
+                problems.append(MetadataProblem(
+                    metadata, start, f"the row spans lines {start}-{end} (a quote left open?); this row is ignored"))
+                continue
+            rows.append((start, dict(zip(header, fields, strict=True))))
+    return rows
+
+
+def _csv_error(error: csv.Error, start: int, end: int) -> str:
+    if "end of data" in str(error):
+        return f"a quote opened on line {start} is never closed: lines {start}-{end} (the rest of the file) are ignored"
+    return f"malformed CSV ({error}); this row is ignored"
+
+
+def _read_jsonl(metadata: Path, problems: list[MetadataProblem]) -> list[Row]:
+    rows: list[Row] = []
+    with open(metadata, encoding="utf-8-sig") as handle:
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                rows.append((line, json.loads(text)))
+            except ValueError as error:
+                problems.append(MetadataProblem(metadata, line, f"not valid JSON ({error}); this row is ignored"))
+    return rows
+
+
+def _row_problem(metadata: Path, row: object) -> tuple[str | None, Path | None]:
+    """(why the row is unusable or None, the resolved path of the file it names)."""
+    if not isinstance(row, dict):
+        return f"a row must be an object with 'file_name' and 'text', got {json.dumps(row)[:40]}", None
+    file_name, text = row.get("file_name"), row.get("text")
+    if not isinstance(file_name, str) or not file_name.strip():
+        if file_name is None or file_name == "" or isinstance(file_name, str):
+            return "'file_name' is missing or empty", None
+        return f"'file_name' must be a string, got {type(file_name).__name__} {json.dumps(file_name)[:40]}", None
+    if not isinstance(text, str):
+        if text is None:
+            return "caption 'text' is missing", None
+        return f"caption 'text' must be a string, got {type(text).__name__} {json.dumps(text)[:40]}", None
+    if not text.strip():
+        return "caption 'text' is empty", None
+    if "\0" in file_name or "\0" in text:
+        return "contains a NUL byte", None
+    encoded = file_name.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_PATH_BYTES or any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+        return f"file name too long ({len(encoded)} bytes): {file_name[:40]!r}...", None
+    path = Path(os.path.realpath(metadata.parent / file_name))  # never raises on a symlink loop
+    try:
+        exists = path.is_file()
+    except OSError as error:  # a name the file system refuses
+        return f"unusable file name {file_name[:60]!r} ({error.strerror or error})", None
+    if not exists:
+        return f"names missing file {file_name!r}", None
+    return None, path
 
 
 def fallback_caption(path: Path, root: Path, template: str) -> str:
@@ -61,7 +182,7 @@ def fallback_caption(path: Path, root: Path, template: str) -> str:
 
 def caption_files(
     files: list[Path], root: Path, template: str, use_metadata: bool = True
-) -> tuple[dict[Path, str], list[str], list[Path]]:
+) -> tuple[dict[Path, str], list[MetadataProblem | str], list[Path]]:
     """A caption for every file, the metadata's problems as warnings, and the files that got the
     fallback caption (the caller warns about those it keeps: see `fallback_warning`)."""
     captions, warnings = read_metadata(root) if use_metadata else ({}, [])
@@ -75,7 +196,7 @@ def caption_files(
         result[path] = caption
     if fallback and not use_metadata:
         log.info("captions from template %r for %d files", template, len(fallback))
-    return result, warnings, fallback
+    return result, list(warnings), fallback
 
 
 def fallback_warning(sources: list[str], template: str) -> str:

@@ -41,7 +41,12 @@ class DataConfig:
     """Clips shorter than the window: tile (repeat the loop), pad (masked, never a target), or
     zero_pad_legacy (train on encoded silence, the old behaviour; for ablations only)."""
     val_fraction: float = 0.1
-    """Share of files held out for evaluation (split by content hash; at least one file when there are two)."""
+    """Share of groups (see group_by) held out for evaluation, chosen by a hash of the group: at
+    least one group when there are two or more. The run's split.json lists every file's side."""
+    group_by: str = "auto"
+    """What makes files one group, never split across train and validation: auto (the metadata's
+    `source` column, else `musicgen-lora loops` names <track>_NNN, else the file), source, folder,
+    file, or stem-regex:<re> (first capture group of <re> in the file stem, per folder)."""
     condition_dropout: float = 0.1
     """Probability of replacing the caption by the null condition, which classifier-free guidance needs."""
     num_workers: int = 0

@@ -1,4 +1,4 @@
-"""Training examples: windows over cached codes, a deterministic held-out split, exact-resume order.
+"""Training examples: windows over cached codes, exact-resume order (the held-out split: groups.py).
 
 Every random choice (clip order, window offset, condition dropout) is a pure function of the run
 seed and the example's global draw number, so a resumed run draws exactly the examples the
@@ -7,7 +7,6 @@ uninterrupted run would have, whatever the number of processes or data workers.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from musicgen_lora.collate import Example
+from musicgen_lora.groups import split_clips as split_clips  # the split lives with the groups
 
 PadMode = Literal["tile", "pad", "zero_pad_legacy"]
 """How a clip shorter than the window is filled:
@@ -30,29 +30,11 @@ class Clip:
     caption: str
     source: str
     content_sha256: str
+    group: str = ""  # files of one source share a group ("": the file alone); see groups.py
 
 
 class DataConfigError(ValueError):
     """The data cannot serve the requested windows or batches; the message says what to change."""
-
-
-def split_clips(clips: list[Clip], val_fraction: float) -> tuple[list[Clip], list[Clip]]:
-    """Deterministic held-out split by content hash: a file stays on its side across runs and
-    machines, and copies of one file never straddle the split."""
-    if val_fraction <= 0 or len(clips) < 2:
-        return list(clips), []
-
-    def bucket(content_sha256: str) -> str:
-        return hashlib.sha256(f"split:{content_sha256}".encode()).hexdigest()
-
-    hashes = sorted({clip.content_sha256 for clip in clips}, key=bucket)
-    n_val = min(max(1, round(val_fraction * len(hashes))), len(hashes) - 1)
-    if n_val < 1:
-        return list(clips), []
-    held_out = set(hashes[:n_val])
-    train = [clip for clip in clips if clip.content_sha256 not in held_out]
-    val = [clip for clip in clips if clip.content_sha256 in held_out]
-    return train, val
 
 
 def window(

@@ -14,6 +14,7 @@ import numpy as np
 import soundfile
 import torch
 import tyro
+from tqdm.auto import tqdm
 
 from musicgen_lora.collate import codebook_delays
 from musicgen_lora.known_warnings import musicgen_warnings_silenced
@@ -313,7 +314,7 @@ def generate_batch(model, tokenizer, jobs: list[BatchJob], out: Path, *, top_k: 
     rows: list[dict] = []
     errors: list[BatchError] = []
     with open(out / "index.jsonl", "w", encoding="utf-8") as index:
-        for job in jobs:
+        for job in tqdm(jobs, desc="generate", unit="clip", disable=None):  # disable=None: no bar in logs
             try:
                 clip = generate_audio(
                     model, tokenizer, [job.prompt], seconds=job.seconds, guidance=job.guidance,
@@ -331,7 +332,7 @@ def generate_batch(model, tokenizer, jobs: list[BatchJob], out: Path, *, top_k: 
             index.write(json.dumps(row, ensure_ascii=False) + "\n")
             index.flush()
             rows.append(row)
-            print(f"{path}  {row['duration']:.2f} s  {job.prompt!r}")
+            tqdm.write(f"{path}  {row['duration']:.2f} s  {job.prompt!r}")
     return rows, errors
 
 

@@ -36,6 +36,7 @@ from typing import Annotated
 import numpy as np
 import soundfile
 import tyro
+from tqdm.auto import tqdm
 
 from musicgen_lora.audio import AudioError, decode, find_audio_files, resample
 from musicgen_lora.captions import fallback_caption, read_metadata
@@ -258,11 +259,13 @@ def extract_loops(in_dir: Path, out_dir: Path, settings: LoopSettings = LoopSett
     wanted = asdict(settings)
     out_real = os.path.realpath(out_dir)
     files = [p for p in find_audio_files(in_dir) if not os.path.realpath(p).startswith(out_real + os.sep)]
-    captions, _ = read_metadata(in_dir)
+    captions, problems = read_metadata(in_dir)
+    for problem in problems:  # each skipped row with its line; its file gets the fallback caption
+        log.warning("%s", problem)
     names = _output_stems(files, in_dir)
     result = LoopsResult([], [], 0, 0, {})
     touched: set[str] = set()
-    for path in files:
+    for path in tqdm(files, desc="loops", unit="file", disable=None):  # disable=None: no bar in logs
         source = path.relative_to(in_dir).as_posix()
         sha = file_sha256(path)
         known = sources.get(source)

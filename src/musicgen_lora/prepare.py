@@ -9,8 +9,9 @@ What a real folder holds, and what becomes of it:
   summary: empty files, files no decoder reads (truncated header, text with an audio extension,
   unknown codec), silence, audio shorter than one codec frame, NaN/Inf samples, broken or looping
   symlinks, non-regular files (a FIFO would block a read forever);
-- warned about: metadata rows naming missing files, and files without a caption (they get the
-  fallback caption template).
+- warned about: files without a caption (they get the fallback caption template); metadata rows
+  that cannot be used (naming missing files, malformed CSV, not an object, a non-string name or
+  caption, a NUL byte, a name named twice), each also in skipped.json with its line.
 Only a folder with nothing usable is an error (exit code 1). A symlinked folder loop is walked once.
 """
 
@@ -25,6 +26,7 @@ import torch
 import tyro
 
 from musicgen_lora.builders import dataset_cache_dir, default_cache_dir, percussive_encoder
+from musicgen_lora.groups import check_group_by
 from musicgen_lora.hf_data import DatasetSourceError, prepare_dataset_cache
 from musicgen_lora.model import ModelLoadError, audio_format, codec_identity, load_musicgen
 from musicgen_lora.outputs import require_folder
@@ -65,6 +67,8 @@ class PrepareArgs:
     """cuda or cpu; default: cuda when available."""
     percussive: bool = False
     """Encode percussive-emphasised audio (as --data.percussive in training: a separate cache)."""
+    group_by: str = "auto"
+    """Groups for the held-out split, recorded in the manifest (as --data.group-by in training)."""
 
 
 def main(argv: list[str]) -> int:
@@ -77,6 +81,7 @@ def main(argv: list[str]) -> int:
             raise ValueError("pass either --data (an audio folder) or --dataset (a Hugging Face dataset)")
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1 (got {args.batch_size})")
+        check_group_by(args.group_by)
     except ValueError as error:  # OutputPathError included
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -106,7 +111,7 @@ def main(argv: list[str]) -> int:
             result = prepare_cache(
                 args.data, cache, encoder=encoder, fmt=fmt,
                 codec_id=codec_id, caption_template=args.caption_template, use_metadata=args.use_metadata,
-                batch_size=args.batch_size, preprocessing=preprocessing,
+                batch_size=args.batch_size, preprocessing=preprocessing, group_by=args.group_by,
             )
     except DatasetSourceError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -50,10 +50,24 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+LEGACY_VALUES = {"data.group_by": "file"}
+"""Fields added later, with the value that reproduces what a run made before them did (the
+split was by file): such a run resumes with that value, and is refused with another."""
+
+
 def config_changes(previous: dict, current: dict) -> dict[str, tuple[Any, Any]]:
     """{dotted field: (previous value, current value)} for every field that differs."""
-    old, new = flatten(previous), flatten(current)
+    # A field the old config.json lacks was added since: the run behaved as its default (or as
+    # LEGACY_VALUES says, where the default changed behaviour).
+    old = {**_defaults(), **LEGACY_VALUES, **flatten(previous)}
+    new = flatten(current)
     return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
+
+
+def _defaults() -> dict[str, Any]:
+    from musicgen_lora.config import RunConfig, to_dict
+
+    return flatten(to_dict(RunConfig()))
 
 
 def is_allowed(field: str) -> bool:

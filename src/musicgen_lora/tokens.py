@@ -3,8 +3,9 @@
 Layout of a cache folder (one codec per folder):
     cache.json     codec identity and audio format the codes were made with
     codes/KEY.npz  int16 codes (K, T) + caption + source content hash, one per file
-    manifest.json  the files of the last prepare: source, content hash, key, caption, frames
-    skipped.json   files that were not usable, each with its reason
+    manifest.json  the files of the last prepare: source, content hash, key, caption, frames, group
+    skipped.json   files that were not usable, each with its reason; metadata rows that were
+                   skipped, each with its metadata file, line and reason
 KEY = sha256(content hash + codec identity + preprocessing settings), so a re-run skips unchanged
 files, re-encodes changed ones, and a codec or setting change can never reuse stale codes.
 """
@@ -18,15 +19,17 @@ import os
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from filelock import FileLock
+from tqdm.auto import tqdm
 
 from musicgen_lora.audio import AudioError, find_audio_files, load_audio
-from musicgen_lora.captions import caption_files, fallback_warning
+from musicgen_lora.captions import MetadataProblem, caption_files, fallback_warning
+from musicgen_lora.groups import file_groups
 from musicgen_lora.model import AudioFormat
 from musicgen_lora.outputs import current_umask
 
@@ -53,6 +56,7 @@ class CacheEntry:
     origin_split: str | None = None
     """The dataset split an example came from (Hugging Face datasets only; None in folder caches,
     and in caches written before the field existed)."""
+    group: str = ""  # files of one source share it ("": the file alone); absent from older manifests
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class PrepareResult:
     skipped: list[dict]  # {"source", "reason"}
     encoded: int  # files encoded by this run (the rest came from the cache)
     warnings: list[str]
+    metadata_skipped: list[dict] = ()  # {"source": metadata file, "line", "reason"}
 
     def summary(self) -> str:
         distinct = len({entry.key for entry in self.entries})  # identical files share one encoding
@@ -68,6 +73,7 @@ class PrepareResult:
             f"token cache: {len(self.entries)} usable files ({distinct} distinct: {self.encoded} encoded, "
             f"{distinct - self.encoded} reused), "
             f"{len(self.skipped)} skipped" + (" (see skipped.json)" if self.skipped else "")
+            + (f"; {len(self.metadata_skipped)} metadata rows skipped" if self.metadata_skipped else "")
         )
 
 
@@ -149,11 +155,14 @@ def prepare_cache(
     use_metadata: bool = True,
     batch_size: int = 8,
     preprocessing: dict | None = None,
+    group_by: str = "auto",
 ) -> PrepareResult:
     """Encode every usable audio file under `data_dir` that the cache lacks; write the manifest.
 
     `preprocessing`: settings of any offline transform the `encoder` applies before encoding (e.g.
     percussive emphasis); part of the cache identity and of every key, so codes never mix.
+    `group_by`: how files are grouped by source for the held-out split (see groups.py); the group is
+    in the manifest, not the key, so changing the rule re-encodes nothing.
 
     Bad files never stop the run: each is listed with its reason in skipped.json. Identical files
     are encoded once. Raises NoUsableAudioError when nothing usable remains. Safe to run from two
@@ -168,11 +177,11 @@ def prepare_cache(
     with FileLock(str(cache_dir / ".lock")):
         atomic_write_json(cache_dir / "cache.json", identity)
         return _prepare_locked(
-            data_dir, cache_dir, encoder, fmt, identity, caption_template, use_metadata, batch_size
+            data_dir, cache_dir, encoder, fmt, identity, caption_template, use_metadata, batch_size, group_by
         )
 
 
-def _prepare_locked(data_dir, cache_dir, encoder, fmt, identity, caption_template, use_metadata, batch_size):
+def _prepare_locked(data_dir, cache_dir, encoder, fmt, identity, caption_template, use_metadata, batch_size, group_by):
     for stale in [*cache_dir.glob(".*.tmp"), *cache_dir.glob("codes/.*.tmp")]:
         stale.unlink(missing_ok=True)  # left by a killed prepare; we hold the lock, nobody else writes
     files, skipped = [], []
@@ -199,15 +208,17 @@ def _prepare_locked(data_dir, cache_dir, encoder, fmt, identity, caption_templat
         else:
             pending[key].append((path, sha, captions[path]))
     encoded = _encode_pending(pending, cache_dir, encoder, fmt, batch_size, data_dir, entries, skipped)
-    entries.sort(key=lambda entry: entry.source)
+    groups = {path.relative_to(data_dir).as_posix(): group for path, group in file_groups(files, data_dir, group_by).items()}
+    entries = sorted((replace(entry, group=groups[entry.source]) for entry in entries), key=lambda entry: entry.source)
     uncaptioned = {path.relative_to(data_dir).as_posix() for path in fallback}
     if use_metadata and (kept := [entry.source for entry in entries if entry.source in uncaptioned]):
         warnings.append(fallback_warning(kept, caption_template))
     atomic_write_json(cache_dir / "manifest.json", {"identity": identity, "entries": [asdict(e) for e in entries]})
-    atomic_write_json(cache_dir / "skipped.json", skipped)
+    metadata_skipped = [w.record(data_dir) for w in warnings if isinstance(w, MetadataProblem)]
+    atomic_write_json(cache_dir / "skipped.json", skipped + metadata_skipped)
     for warning in warnings:
-        log.warning(warning)
-    result = PrepareResult(entries, skipped, encoded, warnings)
+        log.warning("%s", warning)
+    result = PrepareResult(entries, skipped, encoded, [str(w) for w in warnings], metadata_skipped)
     if not entries:
         reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:5]) or "no audio files found"
         raise NoUsableAudioError(
@@ -234,7 +245,7 @@ def _frames(code_file: Path) -> int:
 def _encode_pending(pending, cache_dir, encoder, fmt, batch_size, data_dir, entries, skipped) -> int:
     """Decode and encode the files the cache lacks; files of equal length share a batch."""
     by_length: dict[int, list] = defaultdict(list)
-    for key, copies in pending.items():
+    for key, copies in tqdm(pending.items(), desc="prepare: decode", unit="file", disable=None):
         path, sha, caption = copies[0]  # identical content is encoded once for all its copies
         try:
             audio = load_audio(path, fmt.sample_rate, fmt.channels, min_samples=fmt.hop_length)
@@ -243,6 +254,7 @@ def _encode_pending(pending, cache_dir, encoder, fmt, batch_size, data_dir, entr
             continue
         by_length[audio.shape[-1]].append((key, audio, copies))
     encoded = 0
+    bar = tqdm(total=sum(len(group) for group in by_length.values()), desc="prepare: encode", unit="file", disable=None)
     for length in sorted(by_length):
         group = by_length[length]
         for start in range(0, len(group), batch_size):
@@ -251,9 +263,11 @@ def _encode_pending(pending, cache_dir, encoder, fmt, batch_size, data_dir, entr
             for (key, _, copies), file_codes in zip(batch, codes, strict=True):
                 _write_codes(cache_dir / "codes" / f"{key}.npz", file_codes, copies[0][1], copies[0][2])
                 encoded += 1
+                bar.update(1)
                 for path, sha, caption in copies:
                     source = path.relative_to(data_dir).as_posix()
                     entries.append(CacheEntry(source, sha, key, caption, int(file_codes.shape[-1])))
+    bar.close()
     return encoded
 
 
@@ -267,7 +281,8 @@ def _write_codes(path: Path, codes: torch.Tensor, sha: str, caption: str) -> Non
 
 def load_manifest(cache_dir: Path) -> list[CacheEntry]:
     manifest = json.loads((cache_dir / "manifest.json").read_text())
-    return [CacheEntry(**entry) for entry in manifest["entries"]]
+    known = {field.name for field in fields(CacheEntry)}  # fields added later stay optional both ways
+    return [CacheEntry(**{k: v for k, v in entry.items() if k in known}) for entry in manifest["entries"]]
 
 
 def load_codes(cache_dir: Path, entry: CacheEntry) -> np.ndarray:

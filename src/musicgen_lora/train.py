@@ -12,6 +12,7 @@ import math
 import os
 import resource
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -205,6 +206,10 @@ def _train_in(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, launch: L
     )
     if changes:
         tracker.record({"resume_changes": change_record(changes)})
+    if main:  # which files were held out, by group: a leak between the sides is visible here
+        atomic_write_json(run_dir / "split.json", data.split)
+        log.info("split by group: %(train)d train, %(val)d validation groups (split.json)", data.split["groups"])
+    tracker.record({"split": {"groups": data.split["groups"], "files": data.split["files_per_side"]}})
     try:
         result = _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, scheduler, data, tracker, state, step, evaluator)
     except KeyboardInterrupt:
@@ -330,6 +335,8 @@ def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, schedule
                 tracker.log(metrics, step)
                 window_stats, window_loss, step_times = None, [], []
             if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or last:
+                if main:  # generating samples and metrics can take minutes: say what is running
+                    tqdm.write(_eval_status(step, data, evaluator), file=sys.stderr)
                 val_loss = _evaluate(cfg, model, data, text_cache, accelerator, tracker, step)
                 if main:
                     _keep_best_adapter(cfg, accelerator.unwrap_model(model), run_dir, val_loss, step, state)
@@ -361,6 +368,11 @@ def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, schedule
         run_dir, step, val_loss, state["skipped_steps"], best_val_loss=state["best_val_loss"],
         best_step=state["best_step"], base_val_loss=state["base_val_loss"],
     )
+
+
+def _eval_status(step: int, data, evaluator) -> str:
+    parts = [f"validation loss ({len(data.val)} windows)", f"{len(data.sample_prompts)} samples"]
+    return f"evaluating at step {step}: " + ", ".join(parts + ["generation metrics"] * (evaluator is not None))
 
 
 def _train_metrics(accelerator, stats, losses, step_times, frames_per_step, data, scheduler, grad_norm, state) -> dict:

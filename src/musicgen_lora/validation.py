@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from musicgen_lora.config import RunConfig
+from musicgen_lora.groups import check_group_by
 
 
 class ConfigValueError(ValueError):
@@ -66,6 +67,10 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ConfigValueError("--data.dataset and --data.path are alternatives: pass only one of them")
     positive("data.window_seconds", d.window_seconds)
     within("data.val_fraction", d.val_fraction, 0, 1, high_open=True)  # 1 would leave nothing to train on
+    try:
+        check_group_by(d.group_by)
+    except ValueError as error:
+        raise ConfigValueError(str(error)) from None
     within("data.condition_dropout", d.condition_dropout, 0, 1)
     at_least("data.num_workers", d.num_workers, 0)
     at_least("data.encode_batch_size", d.encode_batch_size, 1)
