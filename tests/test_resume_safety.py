@@ -171,6 +171,7 @@ def test_resume_refuses_changes_to_what_is_trained_and_records_harmless_ones(con
     manifest = json.loads((run_b / "manifest.json").read_text())
     assert manifest["resume_changes"] == {
         "train.log_every": {"previous": 1, "now": 2}, "train.max_steps": {"previous": STEPS, "now": STEPS + 2},
+        "tracking.wandb": {"previous": "offline", "now": "disabled"},
     }
     assert manifest["outcome"] == "completed"
 
