@@ -96,7 +96,8 @@ def test_killed_prepare_leaves_only_whole_entries(tmp_path, data, tiny_codec):
             np.load(path)["codes"]  # whole, readable
     assert not (cache / "manifest.json").exists()
 
-    result = tiny_codec.prepare(data, cache)  # the lock died with the process: no waiting
+    # the lock died with the process: no waiting (tile_seconds: the CLI's default, the same keys)
+    result = tiny_codec.prepare(data, cache, tile_seconds=10.0)
     assert result.encoded == 4 and len(result.entries) == 7
     _assert_cache_whole(cache, sources=7, distinct=6)
     assert json.loads((cache / "skipped.json").read_text()) == []

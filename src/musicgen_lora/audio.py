@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -115,3 +116,117 @@ def condition(samples: np.ndarray, rate: int, sample_rate: int, channels: int, m
         seconds = samples.shape[-1] / rate
         raise AudioError(f"too short: {seconds:.4f} s is less than one codec frame")
     return audio
+
+
+# --- Streaming: decode, convert and resample block by block, so memory does not grow with length.
+
+BLOCK_SECONDS = 10.0
+"""Source audio decoded per block when streaming."""
+_LOWPASS_WIDTH, _ROLLOFF = 6, 0.99  # torchaudio.functional.resample's defaults, used by `resample`
+
+
+def source_duration(path: Path) -> float | None:
+    """Seconds of audio from the file header (no decoding), or None when no header reader knows it."""
+    try:
+        info = soundfile.info(path)
+        return info.frames / info.samplerate
+    except Exception:
+        return None
+
+
+def _source_blocks(path: Path, block_seconds: float) -> tuple[int, Iterator[np.ndarray]]:
+    """(sample rate, iterator of (channels, n) float32 blocks at that rate). libsndfile formats are
+    read block by block; the fallback decoder (m4a, opus, ...) reads the whole file at once."""
+    if path.stat().st_size == 0:
+        raise AudioError("empty file (0 bytes)")
+    try:
+        handle = soundfile.SoundFile(path)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError):
+        samples, rate = decode(path)  # raises AudioError with both decoders' reasons
+        return rate, iter([samples])
+    rate, block = int(handle.samplerate), max(1, int(block_seconds * handle.samplerate))
+
+    def blocks() -> Iterator[np.ndarray]:
+        with handle:
+            while True:
+                samples = handle.read(block, dtype="float32", always_2d=True)
+                if samples.shape[0] == 0:
+                    return
+                yield np.ascontiguousarray(samples.T)
+
+    return rate, blocks()
+
+
+def _tiled(blocks: Iterator[np.ndarray], rate: int, tile_seconds: float) -> Iterator[np.ndarray]:
+    """A loop repeated at its own rate until it covers `tile_seconds` plus one more loop (so a window
+    may start at any point of the loop): the audio a listener hears when the loop repeats."""
+    loop = np.concatenate(list(blocks), axis=-1)
+    repeats = -(-int(tile_seconds * rate) // max(1, loop.shape[-1])) + 1
+    yield np.tile(loop, (1, repeats))
+
+
+def resample_blocks(blocks: Iterator[np.ndarray], rate: int, target_rate: int) -> Iterator[np.ndarray]:
+    """Resample a stream of blocks with no seams: the concatenated output equals `resample` of the
+    concatenated input up to float rounding. Each step resamples a span of whole polyphase periods
+    with enough context on both sides that the sinc kernel never sees a block edge."""
+    if rate == target_rate:
+        yield from blocks
+        return
+    g = math.gcd(rate, target_rate)
+    orig, new = rate // g, target_rate // g
+    width = math.ceil(_LOWPASS_WIDTH * orig / (min(orig, new) * _ROLLOFF))  # the kernel's half-width
+    context = orig * (math.ceil((width + orig) / orig) + 1)  # input samples, whole periods
+    step = orig * max(1, int(BLOCK_SECONDS * rate) // orig)
+    buffer, start, done = None, 0, 0  # buffer holds input from `start`; output emitted up to input `done`
+    for block in blocks:
+        buffer = block if buffer is None else np.concatenate([buffer, block], axis=-1)
+        while start + buffer.shape[-1] >= done + step + context:
+            out = resample(buffer[:, : done + step + context - start], rate, target_rate)
+            first = (done - start) * new // orig
+            yield out[:, first : first + step * new // orig]
+            done += step
+            keep_from = max(0, done - context)
+            buffer, start = buffer[:, keep_from - start :], keep_from
+    if buffer is not None and start + buffer.shape[-1] > done:
+        yield resample(buffer, rate, target_rate)[:, (done - start) * new // orig :]
+
+
+def stream_audio(
+    path: Path,
+    sample_rate: int,
+    channels: int,
+    *,
+    min_samples: int = 1,
+    tile_seconds: float | None = None,
+    block_seconds: float = BLOCK_SECONDS,
+) -> Iterator[np.ndarray]:
+    """`load_audio` as a stream of (channels, n) float32 blocks at `sample_rate`, checked as it goes.
+
+    Files shorter than `tile_seconds` are tiled (see `_tiled`) before resampling. A bad file raises
+    AudioError while streaming (NaN samples) or at the end (silent, too short, no samples).
+    """
+    rate, blocks = _source_blocks(path, block_seconds)
+    duration = source_duration(path)
+    if tile_seconds and duration is not None and duration * sample_rate < min_samples:
+        raise AudioError(f"too short: {duration:.4f} s is less than one codec frame")
+    if tile_seconds and duration is not None and 0 < duration < tile_seconds:
+        blocks = _tiled(blocks, rate, tile_seconds)
+    stats = {"peak": 0.0, "source": 0, "out": 0}
+
+    def checked() -> Iterator[np.ndarray]:
+        for block in blocks:
+            if not np.isfinite(block).all():
+                raise AudioError("contains NaN or Inf samples")
+            stats["peak"] = max(stats["peak"], float(np.abs(block).max(initial=0.0)))
+            stats["source"] += block.shape[-1]
+            yield to_channels(block, channels)
+
+    for out in resample_blocks(checked(), rate, sample_rate):
+        stats["out"] += out.shape[-1]
+        yield out.astype(np.float32, copy=False)
+    if stats["source"] == 0:
+        raise AudioError("no samples")
+    if stats["peak"] <= SILENCE_PEAK:
+        raise AudioError("silent (peak below -80 dBFS)")
+    if stats["out"] < min_samples:
+        raise AudioError(f"too short: {stats['source'] / rate:.4f} s is less than one codec frame")

@@ -122,6 +122,8 @@ def token_cache(cfg: RunConfig, model, fmt: AudioFormat, device: torch.device, l
         batch_size=cfg.data.encode_batch_size,
         preprocessing=preprocessing,
         group_by=cfg.data.group_by,
+        # Loops shorter than the window are tiled as audio before encoding: seam-exact codes.
+        tile_seconds=cfg.data.window_seconds if cfg.data.pad_mode == "tile" else None,
     )
     if log_summary:
         print(result.summary())
@@ -187,9 +189,11 @@ def percussive_encoder(encoder):
 
 
 def silence_codes(model, fmt: AudioFormat, device: torch.device) -> np.ndarray:
-    """Codes of one second of digital silence (for the zero-padding ablation only)."""
+    """Codes of one second of digital silence (for the zero-padding ablation only): the middle
+    second of three, so no frame carries the codec's edge padding and the codes tile seamlessly."""
     encode = codec_encoder(model.audio_encoder, fmt, device)
-    return encode(torch.zeros(1, fmt.channels, fmt.sample_rate))[0].numpy()
+    codes = encode(torch.zeros(1, fmt.channels, 3 * fmt.sample_rate))[0].numpy()
+    return codes[:, fmt.frame_rate : 2 * fmt.frame_rate]
 
 
 @dataclass

@@ -18,10 +18,12 @@ from musicgen_lora.groups import split_clips as split_clips  # the split lives w
 
 PadMode = Literal["tile", "pad", "zero_pad_legacy"]
 """How a clip shorter than the window is filled:
-tile: repeat the clip (loops repeat musically); every frame is a training target.
+tile: repeat the clip (loops repeat musically); every frame is a training target. Prepare tiles
+    loops in the audio domain (seam-exact codes), so this code-domain tiling is only a fallback for
+    a cache made for shorter windows.
 pad: pad with masked frames that are never training targets.
 zero_pad_legacy: pad with the codec's codes for silence AND train on them; the old behaviour,
-    kept only to measure what it costs (experiment 06)."""
+    kept only to measure what it costs (experiment 06). Validation masks that padding, as `pad`."""
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,15 @@ def window(
     if pad_mode == "zero_pad_legacy":
         if silence_codes is None:
             raise ValueError("zero_pad_legacy needs the codec's codes for silence")
-        padded[:, length:] = np.resize(silence_codes, (codes.shape[0], frames - length))
+        padded[:, length:] = silence_padding(silence_codes, frames - length)
         valid[:] = True
     return torch.from_numpy(padded), valid
+
+
+def silence_padding(silence_codes: np.ndarray, frames: int) -> np.ndarray:
+    """(K, frames): the silence codes repeated along time, each codebook in its own row."""
+    repeats = -(-frames // silence_codes.shape[-1])
+    return np.tile(silence_codes, (1, repeats))[:, :frames]
 
 
 def window_offset(length: int, frames: int, pad_mode: PadMode, rng: np.random.Generator) -> int:
@@ -131,6 +139,8 @@ class EvalWindows(torch.utils.data.Dataset):
             length = clip.codes.shape[-1]
             for offset in range(0, max(1, length - frames + 1), frames):
                 codes, valid = window(clip.codes, frames, offset, pad_mode, special_token_id, silence_codes)
+                if pad_mode == "zero_pad_legacy":  # scored like `pad`: the padding is not the clip
+                    valid = valid & (torch.arange(frames) < length - offset)
                 self.items.append(Example(codes, valid, caption_override or clip.caption, False))
         self.items = self.items[:max_windows]
 

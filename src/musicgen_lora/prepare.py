@@ -12,7 +12,9 @@ What a real folder holds, and what becomes of it:
 - warned about: files without a caption (they get the fallback caption template); metadata rows
   that cannot be used (naming missing files, malformed CSV, not an object, a non-string name or
   caption, a NUL byte, a name named twice), each also in skipped.json with its line.
-Only a folder with nothing usable is an error (exit code 1). A symlinked folder loop is walked once.
+Each file is decoded, resampled and encoded in chunks (memory does not grow with its length), alone
+(its codes never depend on other files); one that fails, out of memory included, is skipped and
+reported. Only a folder with nothing usable is an error (exit code 1). A symlinked folder loop is walked once.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 import tyro
 
 from musicgen_lora.builders import dataset_cache_dir, default_cache_dir, percussive_encoder
+from musicgen_lora.config import DataConfig
 from musicgen_lora.groups import check_group_by
 from musicgen_lora.hf_data import DatasetSourceError, prepare_dataset_cache
 from musicgen_lora.model import ModelLoadError, audio_format, codec_identity, load_musicgen
@@ -62,7 +65,11 @@ class PrepareArgs:
     use_metadata: bool = True
     """Read captions from metadata.csv / metadata.jsonl."""
     batch_size: int = 8
-    """Files of equal length encoded together."""
+    """Kept for old command lines; no effect: each file is encoded alone, in chunks, so its codes
+    never depend on the other files."""
+    tile_seconds: float = DataConfig.window_seconds
+    """Files shorter than this are tiled as audio before encoding (seam-exact loops); set it to
+    training's --data.window-seconds (0: no tiling, for --data.pad-mode pad)."""
     device: str | None = None
     """cuda or cpu; default: cuda when available."""
     percussive: bool = False
@@ -112,6 +119,7 @@ def main(argv: list[str]) -> int:
                 args.data, cache, encoder=encoder, fmt=fmt,
                 codec_id=codec_id, caption_template=args.caption_template, use_metadata=args.use_metadata,
                 batch_size=args.batch_size, preprocessing=preprocessing, group_by=args.group_by,
+                tile_seconds=args.tile_seconds or None,
             )
     except DatasetSourceError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -6,8 +6,10 @@ Layout of a cache folder (one codec per folder):
     manifest.json  the files of the last prepare: source, content hash, key, caption, frames, group
     skipped.json   files that were not usable, each with its reason; metadata rows that were
                    skipped, each with its metadata file, line and reason
-KEY = sha256(content hash + codec identity + preprocessing settings), so a re-run skips unchanged
-files, re-encodes changed ones, and a codec or setting change can never reuse stale codes.
+KEY = sha256(content hash + codec identity + preprocessing settings [+ tile length for a loop
+shorter than it]), so a re-run skips unchanged files, re-encodes changed ones, and a codec or
+setting change can never reuse stale codes. Codes are a pure function of a file and these settings
+(each file is encoded alone, see encoding.py); a complete cache is only read, never locked.
 """
 
 from __future__ import annotations
@@ -27,15 +29,17 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from musicgen_lora.audio import AudioError, find_audio_files, load_audio
+from musicgen_lora.audio import AudioError, find_audio_files, source_duration, stream_audio
 from musicgen_lora.captions import MetadataProblem, caption_files, fallback_warning
+from musicgen_lora.encoding import Encoder, chunk_settings, encode_blocks
 from musicgen_lora.groups import file_groups
 from musicgen_lora.model import AudioFormat
 from musicgen_lora.outputs import current_umask
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""2: files encoded alone in overlapping chunks; loops tiled in audio before encoding."""
 
 
 class CacheMismatchError(RuntimeError):
@@ -111,9 +115,15 @@ def atomic_write_json(path: Path, payload) -> None:
 
 def cache_identity(codec_id: str, fmt: AudioFormat, preprocessing: dict | None = None) -> dict:
     identity = {"version": CACHE_VERSION, "codec_id": codec_id, **asdict(fmt)}
+    identity["encoding"] = chunk_settings(fmt.sample_rate, fmt.hop_length)
     if preprocessing:  # only when set: caches made without preprocessing keep their keys
         identity["preprocessing"] = preprocessing
     return identity
+
+
+RE_ENCODABLE = {"version", "encoding"}
+"""Identity fields whose change only means "encode again": every key includes them, so an older
+cache's codes are never reused, and its folder can take the new ones."""
 
 
 def check_cache_identity(cache_dir: Path, identity: dict) -> None:
@@ -125,7 +135,7 @@ def check_cache_identity(cache_dir: Path, identity: dict) -> None:
     differences = [
         f"{key}: cache has {stored.get(key)!r}, model needs {value!r}"
         for key, value in identity.items()
-        if stored.get(key) != value
+        if stored.get(key) != value and key not in RE_ENCODABLE
     ]
     if differences:
         raise CacheMismatchError(
@@ -135,13 +145,10 @@ def check_cache_identity(cache_dir: Path, identity: dict) -> None:
         )
 
 
-def entry_key(content_sha256: str, identity: dict) -> str:
-    blob = json.dumps({"content": content_sha256, **identity}, sort_keys=True)
+def entry_key(content_sha256: str, identity: dict, tile_seconds: float | None = None) -> str:
+    extra = {"tile_seconds": tile_seconds} if tile_seconds else {}  # only tiled loops depend on it
+    blob = json.dumps({"content": content_sha256, **identity, **extra}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-Encoder = Callable[[torch.Tensor], torch.Tensor]
-"""(batch, channels, samples) float audio -> (batch, K, frames) integer codes."""
 
 
 def prepare_cache(
@@ -155,35 +162,89 @@ def prepare_cache(
     use_metadata: bool = True,
     batch_size: int = 8,
     preprocessing: dict | None = None,
+    tile_seconds: float | None = None,
     group_by: str = "auto",
 ) -> PrepareResult:
     """Encode every usable audio file under `data_dir` that the cache lacks; write the manifest.
 
     `preprocessing`: settings of any offline transform the `encoder` applies before encoding (e.g.
     percussive emphasis); part of the cache identity and of every key, so codes never mix.
+    `tile_seconds`: files shorter than this are tiled in the audio domain before encoding (loops for
+    windows of that length: seam-exact codes); their keys include it. None: no tiling.
     `group_by`: how files are grouped by source for the held-out split (see groups.py); the group is
     in the manifest, not the key, so changing the rule re-encodes nothing.
+    `batch_size` is kept for callers but changes nothing: each file is encoded alone, in chunks
+    (musicgen_lora.encoding), so its codes never depend on other files or on batching.
 
-    Bad files never stop the run: each is listed with its reason in skipped.json. Identical files
+    Bad files never stop the run: each is listed with its reason in skipped.json, and so is a file
+    whose encoding fails (out of memory included; it is retried by the next run). Identical files
     are encoded once. Raises NoUsableAudioError when nothing usable remains. Safe to run from two
-    processes at once: a file lock serialises them, and the second finds the work done.
+    processes at once: a file lock serialises them, and the second finds the work done. A complete
+    cache is only read (no lock, no write), so it may live on a read-only location.
     """
+    del batch_size
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist")
-    cache_dir.mkdir(parents=True, exist_ok=True)
     identity = cache_identity(codec_id, fmt, preprocessing)
     check_cache_identity(cache_dir, identity)
-    with FileLock(str(cache_dir / ".lock")):
-        atomic_write_json(cache_dir / "cache.json", identity)
-        return _prepare_locked(
-            data_dir, cache_dir, encoder, fmt, identity, caption_template, use_metadata, batch_size, group_by
+    plan = plan_files(data_dir, identity, caption_template, use_metadata, tile_seconds, group_by)
+    done = complete_result(cache_dir, identity, plan)
+    if done is None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(cache_dir / ".lock")):
+            atomic_write_json(cache_dir / "cache.json", identity)
+            done = _prepare_locked(cache_dir, identity, plan, file_encoder(encoder, fmt))
+    entries, skipped, encoded = done
+    return _finish(data_dir, cache_dir, plan, entries, skipped, encoded, caption_template, use_metadata)
+
+
+def _finish(data_dir, cache_dir, plan, entries, skipped, encoded, caption_template, use_metadata) -> PrepareResult:
+    warnings = list(plan.warnings)
+    if use_metadata and (kept := [entry.source for entry in entries if entry.source in plan.uncaptioned]):
+        warnings.append(fallback_warning(kept, caption_template))
+    for warning in warnings:
+        log.warning("%s", warning)
+    skipped = [s for s in skipped if "line" not in s]  # metadata rows are reported apart
+    if not entries:
+        reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:5]) or "no audio files found"
+        raise NoUsableAudioError(
+            f"No usable audio in {data_dir} ({plan.found} audio files found, {len(skipped)} skipped: {reasons}). "
+            f"Supported: wav, flac, ogg, mp3, aiff; see {cache_dir / 'skipped.json'}."
         )
+    return PrepareResult(entries, skipped, encoded, [str(w) for w in warnings], plan.metadata_skipped)
 
 
-def _prepare_locked(data_dir, cache_dir, encoder, fmt, identity, caption_template, use_metadata, batch_size, group_by):
-    for stale in [*cache_dir.glob(".*.tmp"), *cache_dir.glob("codes/.*.tmp")]:
-        stale.unlink(missing_ok=True)  # left by a killed prepare; we hold the lock, nobody else writes
+@dataclass(frozen=True)
+class Planned:
+    """One readable audio file: what its cache entry will be."""
+
+    path: Path
+    source: str
+    sha: str
+    caption: str
+    key: str
+    tile_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    files: list[Planned]
+    skipped: list[dict]  # files that cannot even be read
+    warnings: list[str]
+    uncaptioned: set[str]
+    found: int
+    groups: dict[str, str]  # source -> group (see groups.py)
+    metadata_skipped: list[dict]  # unusable metadata rows, with their file and line
+
+
+def _with_groups(entries: list, plan: Plan) -> list:
+    return sorted((replace(e, group=plan.groups.get(e.source, "")) for e in entries), key=lambda e: e.source)
+
+
+def plan_files(data_dir: Path, identity: dict, caption_template: str, use_metadata: bool, tile_seconds,
+               group_by: str = "auto") -> Plan:
+    """Hash and caption every audio file (reads the data folder only; writes nothing)."""
     files, skipped = [], []
     for path in find_audio_files(data_dir):
         problem = _not_a_file(path)
@@ -192,8 +253,7 @@ def _prepare_locked(data_dir, cache_dir, encoder, fmt, identity, caption_templat
         else:
             files.append(path)
     captions, warnings, fallback = caption_files(files, data_dir, caption_template, use_metadata)
-    entries: list[CacheEntry] = []
-    pending: dict[str, list[tuple[Path, str, str]]] = defaultdict(list)  # key -> [(path, sha, caption)]
+    planned = []
     for path in files:
         source = path.relative_to(data_dir).as_posix()
         try:
@@ -201,31 +261,65 @@ def _prepare_locked(data_dir, cache_dir, encoder, fmt, identity, caption_templat
         except OSError as error:
             skipped.append({"source": source, "reason": f"unreadable: {error.strerror or error}"})
             continue
-        key = entry_key(sha, identity)
-        code_file = cache_dir / "codes" / f"{key}.npz"
-        if code_file.exists():
-            entries.append(CacheEntry(source, sha, key, captions[path], _frames(code_file)))
-        else:
-            pending[key].append((path, sha, captions[path]))
-    encoded = _encode_pending(pending, cache_dir, encoder, fmt, batch_size, data_dir, entries, skipped)
-    groups = {path.relative_to(data_dir).as_posix(): group for path, group in file_groups(files, data_dir, group_by).items()}
-    entries = sorted((replace(entry, group=groups[entry.source]) for entry in entries), key=lambda entry: entry.source)
+        duration = source_duration(path) if tile_seconds else None
+        tile = tile_seconds if duration is not None and duration < tile_seconds else None
+        planned.append(Planned(path, source, sha, captions[path], entry_key(sha, identity, tile), tile))
     uncaptioned = {path.relative_to(data_dir).as_posix() for path in fallback}
-    if use_metadata and (kept := [entry.source for entry in entries if entry.source in uncaptioned]):
-        warnings.append(fallback_warning(kept, caption_template))
-    atomic_write_json(cache_dir / "manifest.json", {"identity": identity, "entries": [asdict(e) for e in entries]})
+    groups = {path.relative_to(data_dir).as_posix(): group for path, group in file_groups(files, data_dir, group_by).items()}
     metadata_skipped = [w.record(data_dir) for w in warnings if isinstance(w, MetadataProblem)]
-    atomic_write_json(cache_dir / "skipped.json", skipped + metadata_skipped)
-    for warning in warnings:
-        log.warning("%s", warning)
-    result = PrepareResult(entries, skipped, encoded, [str(w) for w in warnings], metadata_skipped)
-    if not entries:
-        reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:5]) or "no audio files found"
-        raise NoUsableAudioError(
-            f"No usable audio in {data_dir} ({len(files)} audio files found, {len(skipped)} skipped: {reasons}). "
-            f"Supported: wav, flac, ogg, mp3, aiff; see {cache_dir / 'skipped.json'}."
-        )
-    return result
+    return Plan(planned, skipped, warnings, uncaptioned, len(files), groups, metadata_skipped)
+
+
+def complete_result(cache_dir: Path, identity: dict, plan: Plan):
+    """(entries, skipped, 0) when the cache already holds exactly what `plan` asks for, else None.
+
+    Only reads: every file is in the manifest with its content, key and caption (and its codes
+    exist), or was skipped for a reason its content determines (same content hash).
+    """
+    try:
+        if json.loads((cache_dir / "cache.json").read_text()) != identity:
+            return None
+        stored = {e.source: e for e in load_manifest(cache_dir)}
+        stored_skipped = [s for s in json.loads((cache_dir / "skipped.json").read_text()) if "line" not in s]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    decided = {(s["source"], s.get("content_sha256")) for s in stored_skipped}
+    entries = []
+    for item in plan.files:
+        entry = stored.get(item.source)
+        if entry and (entry.content_sha256, entry.key, entry.caption) == (item.sha, item.key, item.caption):
+            if not (cache_dir / "codes" / f"{item.key}.npz").exists():
+                return None
+            entries.append(entry)
+        elif (item.source, item.sha) not in decided:
+            return None
+    expected_skipped = len(plan.files) - len(entries) + len(plan.skipped)
+    if len(entries) != len(stored) or len(stored_skipped) != expected_skipped:
+        return None
+    if any(problem not in stored_skipped for problem in plan.skipped):
+        return None
+    if [s for s in json.loads((cache_dir / "skipped.json").read_text()) if "line" in s] != plan.metadata_skipped:
+        return None
+    return _with_groups(entries, plan), stored_skipped, 0
+
+
+def _prepare_locked(cache_dir: Path, identity: dict, plan: Plan, encode_file):
+    for stale in [*cache_dir.glob(".*.tmp"), *cache_dir.glob("codes/.*.tmp")]:
+        stale.unlink(missing_ok=True)  # left by a killed prepare; we hold the lock, nobody else writes
+    entries: list[CacheEntry] = []
+    skipped = list(plan.skipped)
+    pending: dict[str, list[Planned]] = defaultdict(list)
+    for item in plan.files:
+        code_file = cache_dir / "codes" / f"{item.key}.npz"
+        if code_file.exists():
+            entries.append(CacheEntry(item.source, item.sha, item.key, item.caption, _frames(code_file)))
+        else:
+            pending[item.key].append(item)
+    encoded = _encode_pending(pending, cache_dir, encode_file, entries, skipped)
+    entries = _with_groups(entries, plan)
+    atomic_write_json(cache_dir / "manifest.json", {"identity": identity, "entries": [asdict(e) for e in entries]})
+    atomic_write_json(cache_dir / "skipped.json", skipped + plan.metadata_skipped)
+    return entries, skipped, encoded
 
 
 def _not_a_file(path: Path) -> str | None:
@@ -242,40 +336,51 @@ def _frames(code_file: Path) -> int:
         return int(stored["codes"].shape[-1])
 
 
-def _encode_pending(pending, cache_dir, encoder, fmt, batch_size, data_dir, entries, skipped) -> int:
-    """Decode and encode the files the cache lacks; files of equal length share a batch."""
-    by_length: dict[int, list] = defaultdict(list)
-    for key, copies in tqdm(pending.items(), desc="prepare: decode", unit="file", disable=None):
-        path, sha, caption = copies[0]  # identical content is encoded once for all its copies
-        try:
-            audio = load_audio(path, fmt.sample_rate, fmt.channels, min_samples=fmt.hop_length)
-        except AudioError as error:
-            skipped.extend({"source": p.relative_to(data_dir).as_posix(), "reason": str(error)} for p, _, _ in copies)
-            continue
-        by_length[audio.shape[-1]].append((key, audio, copies))
+def file_encoder(encoder: Encoder, fmt: AudioFormat) -> Callable[[Path, float | None], np.ndarray]:
+    """(path, tile_seconds) -> int16 codes (K, T): streamed decode, chunked encode, bounded memory."""
+    chunking = chunk_settings(fmt.sample_rate, fmt.hop_length)
+
+    def encode_file(path: Path, tile_seconds: float | None) -> np.ndarray:
+        blocks = stream_audio(path, fmt.sample_rate, fmt.channels, min_samples=fmt.hop_length, tile_seconds=tile_seconds)
+        return encode_blocks(blocks, encoder, fmt.hop_length, **chunking)
+
+    return encode_file
+
+
+def _encode_pending(pending, cache_dir, encode_file, entries, skipped) -> int:
+    """Encode the files the cache lacks, one at a time; a failing file is skipped, never fatal."""
     encoded = 0
-    bar = tqdm(total=sum(len(group) for group in by_length.values()), desc="prepare: encode", unit="file", disable=None)
-    for length in sorted(by_length):
-        group = by_length[length]
-        for start in range(0, len(group), batch_size):
-            batch = group[start : start + batch_size]
-            codes = encoder(torch.from_numpy(np.stack([audio for _, audio, _ in batch])))
-            for (key, _, copies), file_codes in zip(batch, codes, strict=True):
-                _write_codes(cache_dir / "codes" / f"{key}.npz", file_codes, copies[0][1], copies[0][2])
-                encoded += 1
-                bar.update(1)
-                for path, sha, caption in copies:
-                    source = path.relative_to(data_dir).as_posix()
-                    entries.append(CacheEntry(source, sha, key, caption, int(file_codes.shape[-1])))
-    bar.close()
+    for key, copies in tqdm(pending.items(), desc="prepare: encode", unit="file", disable=None):
+        first = copies[0]  # identical content is encoded once for all its copies
+        try:
+            codes = encode_file(first.path, first.tile_seconds)
+        except CacheMismatchError:
+            raise  # the codec does not fit the decoder: no file can succeed
+        except AudioError as error:  # decided by the content: the hash lets a read-only re-run trust it
+            skipped.extend({"source": c.source, "reason": str(error), "content_sha256": c.sha} for c in copies)
+            continue
+        except Exception as error:  # out of memory, a codec crash: reported, and retried next run
+            _release_memory()
+            reason = f"encoding failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+            skipped.extend({"source": c.source, "reason": reason} for c in copies)
+            log.warning("%s: %s", first.source, reason)
+            continue
+        _write_codes(cache_dir / "codes" / f"{key}.npz", codes, first.sha, first.caption)
+        encoded += 1
+        entries.extend(CacheEntry(c.source, c.sha, key, c.caption, int(codes.shape[-1])) for c in copies)
     return encoded
 
 
-def _write_codes(path: Path, codes: torch.Tensor, sha: str, caption: str) -> None:
+def _release_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _write_codes(path: Path, codes: np.ndarray, sha: str, caption: str) -> None:
     import io
 
     buffer = io.BytesIO()
-    np.savez(buffer, codes=codes.cpu().numpy().astype(np.int16), content_sha256=sha, caption=caption)
+    np.savez(buffer, codes=codes.astype(np.int16), content_sha256=sha, caption=caption)
     atomic_write_bytes(path, buffer.getvalue())
 
 
