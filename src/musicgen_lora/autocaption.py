@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import tyro
+from tqdm.auto import tqdm
 
 from musicgen_lora.audio import AudioError, decode, find_audio_files
 from musicgen_lora.captions import read_metadata
@@ -159,7 +160,7 @@ def main(argv: list[str]) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
     rows, skipped = [], []
-    for path in files:
+    for path in tqdm(files, desc="caption", unit="file", disable=None):  # a bar on a terminal only
         try:
             rows.append(describe(path, root, tagger, args.template, args.threshold))
         except AudioError as error:
