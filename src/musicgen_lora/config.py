@@ -272,3 +272,14 @@ def to_dict(config: Any) -> dict:
         return value
 
     return convert(dataclasses.asdict(config))
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"max_steps": 3}} -> {"train.max_steps": 3}: the dotted names flags use."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from musicgen_lora.run_lock import LOCK_FILE, _pid_alive
+from musicgen_lora.config import flatten
+from musicgen_lora.run_lock import LOCK_FILE, pid_alive
 
 GENERATION_METRICS = ("gen/fad", "gen/fad_clap", "gen/clap")
 # Fields that never change a run's results: where it writes, how it is tracked, what it samples
@@ -77,7 +78,7 @@ def _owner_alive(text: str) -> bool:
         pid = int(json.loads(text or "{}").get("pid") or 0)
     except (ValueError, AttributeError):
         return False
-    return pid > 0 and _pid_alive(pid)
+    return pid > 0 and pid_alive(pid)
 
 
 def outcome(run: Run) -> str:
@@ -90,16 +91,6 @@ def outcome(run: Run) -> str:
 
 
 # ---- configuration ------------------------------------------------------------------------------
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def result_config(run: Run) -> dict:

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from musicgen_lora.config import flatten
+
 CONFIG_FILE = "config.json"
 
 ALLOWED_CHANGES = (
@@ -38,16 +40,6 @@ ALLOWED_CHANGES = (
 
 class ResumeConfigError(ValueError):
     """The resumed run's configuration differs from its run directory's in what it trains."""
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 LEGACY_VALUES = {"data.group_by": "file"}

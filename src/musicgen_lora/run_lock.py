@@ -69,12 +69,12 @@ def _read_owner(handle) -> dict:
 
 def _refuse_if_owner_alive(path: Path, handle) -> None:
     owner = _read_owner(handle)
-    if owner.get("host") == socket.gethostname() and owner.get("pid") and _pid_alive(int(owner["pid"])):
+    if owner.get("host") == socket.gethostname() and owner.get("pid") and pid_alive(int(owner["pid"])):
         handle.close()
         raise RunDirLockedError(_locked_message(path.parent, owner))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return False
     try:
