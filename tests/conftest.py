@@ -153,3 +153,24 @@ PAUSING = textwrap.dedent("""
     sys.argv = sys.argv[1:]
     runpy.run_path(sys.argv[0], run_name="__main__")
 """)
+
+
+def tiny_clap():
+    """(model, processor) of a random small CLAP (ByT5 tokenizer: no files), for offline tests."""
+    from transformers import (
+        ByT5Tokenizer,
+        ClapAudioConfig,
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapProcessor,
+        ClapTextConfig,
+    )
+
+    torch.manual_seed(0)
+    text = ClapTextConfig(vocab_size=384, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=128, projection_dim=16)
+    audio = ClapAudioConfig(hidden_size=32, patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[2, 2],
+                            window_size=8, projection_dim=16, enable_fusion=False)
+    model = ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=16))
+    return model, ClapProcessor(feature_extractor=ClapFeatureExtractor(), tokenizer=ByT5Tokenizer())

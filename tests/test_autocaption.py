@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from conftest import tiny_clap
 from musicgen_lora.cli import main as cli
 from musicgen_lora.music_tags import estimate_bpm, estimate_key, render
 
@@ -98,24 +99,9 @@ def test_caption_keeps_user_captions_and_adds_tempo_and_key(tmp_path, capsys):
 
 
 def _save_tiny_clap(folder):
-    import torch
-    from transformers import (
-        ByT5Tokenizer,
-        ClapAudioConfig,
-        ClapConfig,
-        ClapFeatureExtractor,
-        ClapModel,
-        ClapProcessor,
-        ClapTextConfig,
-    )
-
-    torch.manual_seed(0)
-    text = ClapTextConfig(vocab_size=384, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                          intermediate_size=64, max_position_embeddings=128, projection_dim=16)
-    audio = ClapAudioConfig(hidden_size=32, patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[2, 2],
-                            window_size=8, projection_dim=16, enable_fusion=False)
-    ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=16)).save_pretrained(folder)
-    ClapProcessor(feature_extractor=ClapFeatureExtractor(), tokenizer=ByT5Tokenizer()).save_pretrained(folder)
+    model, processor = tiny_clap()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
 
 
 def test_random_clap_writes_tags_with_scores_above_the_threshold(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from conftest import child_env, quick_args, run_baseline
+from conftest import child_env, quick_args, run_baseline, tiny_clap
 from musicgen_lora.metrics import (
     ClapScorer,
     GenerationEvaluator,
@@ -106,23 +106,7 @@ def test_clap_unavailable_is_a_notice_not_an_error(tmp_path):
 
 
 def _tiny_clap() -> ClapScorer:
-    from transformers import (
-        ByT5Tokenizer,
-        ClapAudioConfig,
-        ClapConfig,
-        ClapFeatureExtractor,
-        ClapModel,
-        ClapProcessor,
-        ClapTextConfig,
-    )
-
-    torch.manual_seed(0)
-    text = ClapTextConfig(vocab_size=384, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                          intermediate_size=64, max_position_embeddings=128, projection_dim=16)
-    audio = ClapAudioConfig(hidden_size=32, patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[2, 2],
-                            window_size=8, projection_dim=16, enable_fusion=False)
-    model = ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=16))
-    return ClapScorer(model, ClapProcessor(feature_extractor=ClapFeatureExtractor(), tokenizer=ByT5Tokenizer()))
+    return ClapScorer(*tiny_clap())
 
 
 def test_clap_similarity_with_a_tiny_random_clap():

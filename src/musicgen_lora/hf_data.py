@@ -25,21 +25,22 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-import torch
 
 from musicgen_lora.audio import AUDIO_EXTENSIONS, AudioError, condition, find_audio_files
 from musicgen_lora.captions import read_metadata
+from musicgen_lora.encoding import chunk_settings, encode_blocks
 from musicgen_lora.model import AudioFormat
 from musicgen_lora.tokens import (
     CacheEntry,
     Encoder,
     NoUsableAudioError,
     PrepareResult,
-    atomic_write_bytes,
     atomic_write_json,
     cache_identity,
     check_cache_identity,
+    code_frames,
     entry_key,
+    write_codes,
 )
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,7 @@ def prepare_dataset_cache(
     manifest, each entry with its origin_split. Raises DatasetSourceError or NoUsableAudioError."""
     from filelock import FileLock
 
+    del batch_size  # kept for callers: each example is encoded alone, in chunks (see encoding.py)
     splits = load_splits(name, split)
     cache_dir.mkdir(parents=True, exist_ok=True)
     identity = cache_identity(codec_id, fmt, preprocessing)
@@ -237,24 +239,22 @@ def prepare_dataset_cache(
     with FileLock(str(cache_dir / ".lock")):
         atomic_write_json(cache_dir / "cache.json", identity)
         entries, skipped, encoded = [], [], 0
-        pending: list[tuple[Example, str, np.ndarray]] = []
+        encode = _example_encoder(encoder, fmt)
         for example in examples(splits, audio_column, text_column, caption_template, name):
             key = entry_key(example.content_sha256, identity)
             code_file = cache_dir / "codes" / f"{key}.npz"
-            if code_file.exists() or any(k == key for _, k, _ in pending):
-                entries.append(_entry(example, key, code_file if code_file.exists() else None))
-                continue
-            try:
-                samples, rate = decode_audio(example.audio)
-                audio = condition(samples, rate, fmt.sample_rate, fmt.channels, min_samples=fmt.hop_length)
-            except AudioError as error:
-                skipped.append({"source": example.source, "reason": str(error)})
-                continue
-            pending.append((example, key, audio))
-            if len(pending) >= batch_size * 16:  # bounded memory: flush in groups of equal length
-                encoded += _flush(pending, cache_dir, encoder, batch_size, entries)
-        encoded += _flush(pending, cache_dir, encoder, batch_size, entries)
-        entries = _fill_frames(entries, cache_dir)
+            if not code_file.exists():
+                try:
+                    samples, rate = decode_audio(example.audio)
+                    audio = condition(samples, rate, fmt.sample_rate, fmt.channels, min_samples=fmt.hop_length)
+                except AudioError as error:
+                    skipped.append({"source": example.source, "reason": str(error)})
+                    continue
+                # Alone and in chunks, as folder files are: codes never depend on other examples.
+                write_codes(code_file, encode(audio), example.content_sha256, example.caption)
+                encoded += 1
+            entries.append(CacheEntry(example.source, example.content_sha256, key, example.caption,
+                                      code_frames(code_file), example.split))
         entries.sort(key=lambda entry: entry.source)
         atomic_write_json(cache_dir / "manifest.json", {"identity": identity, "entries": [asdict(e) for e in entries]})
         atomic_write_json(cache_dir / "skipped.json", skipped)
@@ -264,42 +264,9 @@ def prepare_dataset_cache(
     return PrepareResult(entries, skipped, encoded, [])
 
 
-def _entry(example: Example, key: str, code_file: Path | None) -> CacheEntry:
-    frames = -1 if code_file is None else _frames(code_file)  # -1: encoded later in this run
-    return CacheEntry(example.source, example.content_sha256, key, example.caption, frames, example.split)
-
-
-def _frames(code_file: Path) -> int:
-    with np.load(code_file) as stored:
-        return int(stored["codes"].shape[-1])
-
-
-def _fill_frames(entries: list[CacheEntry], cache_dir: Path) -> list[CacheEntry]:
-    return [e if e.frames >= 0 else CacheEntry(**{**asdict(e), "frames": _frames(cache_dir / "codes" / f"{e.key}.npz")})
-            for e in entries]
-
-
-def _flush(pending: list, cache_dir: Path, encoder: Encoder, batch_size: int, entries: list) -> int:
-    by_length: dict[int, list] = {}
-    for item in pending:
-        by_length.setdefault(item[2].shape[-1], []).append(item)
-    for group in by_length.values():
-        for start in range(0, len(group), batch_size):
-            batch = group[start : start + batch_size]
-            codes = encoder(torch.from_numpy(np.stack([audio for _, _, audio in batch])))
-            for (example, key, _), file_codes in zip(batch, codes, strict=True):
-                _write_codes(cache_dir / "codes" / f"{key}.npz", file_codes.numpy(), example)
-                entries.append(CacheEntry(example.source, example.content_sha256, key, example.caption,
-                                          int(file_codes.shape[-1]), example.split))
-    count = len(pending)
-    pending.clear()
-    return count
-
-
-def _write_codes(path: Path, codes: np.ndarray, example: Example) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, codes=codes.astype(np.int16), content_sha256=example.content_sha256, caption=example.caption)
-    atomic_write_bytes(path, buffer.getvalue())
+def _example_encoder(encoder: Encoder, fmt: AudioFormat):
+    chunking = chunk_settings(fmt.sample_rate, fmt.hop_length)
+    return lambda audio: encode_blocks([audio], encoder, fmt.hop_length, **chunking)
 
 
 def held_out_sources(cache_dir: Path, train_split: str) -> set[str] | None:

@@ -312,7 +312,7 @@ def _prepare_locked(cache_dir: Path, identity: dict, plan: Plan, encode_file):
     for item in plan.files:
         code_file = cache_dir / "codes" / f"{item.key}.npz"
         if code_file.exists():
-            entries.append(CacheEntry(item.source, item.sha, item.key, item.caption, _frames(code_file)))
+            entries.append(CacheEntry(item.source, item.sha, item.key, item.caption, code_frames(code_file)))
         else:
             pending[item.key].append(item)
     encoded = _encode_pending(pending, cache_dir, encode_file, entries, skipped)
@@ -331,7 +331,7 @@ def _not_a_file(path: Path) -> str | None:
     return None
 
 
-def _frames(code_file: Path) -> int:
+def code_frames(code_file: Path) -> int:
     with np.load(code_file) as stored:
         return int(stored["codes"].shape[-1])
 
@@ -365,7 +365,7 @@ def _encode_pending(pending, cache_dir, encode_file, entries, skipped) -> int:
             skipped.extend({"source": c.source, "reason": reason} for c in copies)
             log.warning("%s: %s", first.source, reason)
             continue
-        _write_codes(cache_dir / "codes" / f"{key}.npz", codes, first.sha, first.caption)
+        write_codes(cache_dir / "codes" / f"{key}.npz", codes, first.sha, first.caption)
         encoded += 1
         entries.extend(CacheEntry(c.source, c.sha, key, c.caption, int(codes.shape[-1])) for c in copies)
     return encoded
@@ -376,7 +376,7 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _write_codes(path: Path, codes: np.ndarray, sha: str, caption: str) -> None:
+def write_codes(path: Path, codes: np.ndarray, sha: str, caption: str) -> None:
     import io
 
     buffer = io.BytesIO()
