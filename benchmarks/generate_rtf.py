@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from musicgen_lora import model as model_lib
-from musicgen_lora.generate import generate_audio
+from musicgen_lora.modeling import model as model_lib
+from musicgen_lora.modeling.generate import generate_audio
 
 
 def lora_musicgen(arch: str, dtype: torch.dtype, device: torch.device):

@@ -56,8 +56,12 @@ def measure(arch: str, data: Path, cache: Path) -> dict:
     import torch
     from transformers import EncodecModel
 
-    from musicgen_lora.model import RANDOM_ARCHITECTURES, AudioFormat, _init_codebooks_from_audio
-    from musicgen_lora.tokens import codec_encoder, prepare_cache
+    from musicgen_lora.data.tokens import codec_encoder, prepare_cache
+    from musicgen_lora.modeling.model import (
+        RANDOM_ARCHITECTURES,
+        AudioFormat,
+        _init_codebooks_from_audio,
+    )
 
     torch.manual_seed(0)
     config = RANDOM_ARCHITECTURES[arch]().audio_encoder

@@ -56,14 +56,14 @@ import numpy as np
 import torch
 import tyro
 
-from musicgen_lora import builders
-from musicgen_lora import model as model_lib
-from musicgen_lora.collate import MusicgenCollator, codebook_delays, delay_pattern_labels
-from musicgen_lora.config import ModelConfig, OptimConfig, RunConfig
-from musicgen_lora.data import Clip, DrawSampler, TrainWindows
-from musicgen_lora.demo import STYLES, drum_loop
-from musicgen_lora.forward import TextStateCache, forward_loss
-from musicgen_lora.tokens import codec_encoder
+from musicgen_lora.data.demo import STYLES, drum_loop
+from musicgen_lora.data.tokens import codec_encoder
+from musicgen_lora.data.windows import Clip, DrawSampler, TrainWindows
+from musicgen_lora.modeling import model as model_lib
+from musicgen_lora.modeling.collate import MusicgenCollator, codebook_delays, delay_pattern_labels
+from musicgen_lora.modeling.forward import TextStateCache, forward_loss
+from musicgen_lora.training import builders, data_setup
+from musicgen_lora.training.config import ModelConfig, OptimConfig, RunConfig
 
 FLOP_MODEL = (
     "Model FLOPs per step count the decoder only (T5 and EnCodec are frozen and, in ours, not run): "
@@ -467,7 +467,7 @@ def prepare(args: Args, device: str) -> Setup:
         codes = list(encode(torch.from_numpy(np.stack(audio))[:, None]).numpy())
     else:  # lengths differ: one clip at a time, as the recipe's encoding map does
         codes = [encode(torch.from_numpy(clip)[None, None])[0].numpy() for clip in audio]
-    silence = builders.silence_codes(model, fmt, cpu)
+    silence = data_setup.silence_codes(model, fmt, cpu)
     # Captions of equal token length: a batch's text shape never changes (no compile recompiles).
     captions = [f"drum loop {i % 6:02d}, {STYLES[i % 6].bpm:03d} bpm" for i in range(len(audio))]
     return Setup(

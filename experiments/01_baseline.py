@@ -10,8 +10,8 @@ Run:
     uv run experiments/01_baseline.py --help                       # every option
 """
 
-from musicgen_lora.config import LoraSettings, ModelConfig, OptimConfig, RunConfig
-from musicgen_lora.experiment import main
+from musicgen_lora.training.config import LoraSettings, ModelConfig, OptimConfig, RunConfig
+from musicgen_lora.training.experiment import main
 
 CONFIG = RunConfig(
     model=ModelConfig(name="facebook/musicgen-small"),

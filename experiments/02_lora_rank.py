@@ -17,8 +17,8 @@ Run:
 Variants: r4, r8, r16, r32, r64 (lora.r = lora.alpha = N).
 """
 
-from musicgen_lora.config import LoraSettings, ModelConfig, OptimConfig, RunConfig
-from musicgen_lora.experiment import main
+from musicgen_lora.training.config import LoraSettings, ModelConfig, OptimConfig, RunConfig
+from musicgen_lora.training.experiment import main
 
 CONFIG = RunConfig(
     variant="r16",

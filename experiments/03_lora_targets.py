@@ -18,8 +18,8 @@ Variants:
     all            + fc1, fc2, embed_tokens, lm_heads
 """
 
-from musicgen_lora.config import LoraSettings, ModelConfig, OptimConfig, RunConfig
-from musicgen_lora.experiment import main
+from musicgen_lora.training.config import LoraSettings, ModelConfig, OptimConfig, RunConfig
+from musicgen_lora.training.experiment import main
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 FFN = ("fc1", "fc2")

@@ -18,7 +18,7 @@ Run:
 Variants: p0, p0.1, p0.3 (data.condition_dropout).
 """
 
-from musicgen_lora.config import (
+from musicgen_lora.training.config import (
     DataConfig,
     LoraSettings,
     ModelConfig,
@@ -26,7 +26,7 @@ from musicgen_lora.config import (
     RunConfig,
     SampleConfig,
 )
-from musicgen_lora.experiment import main
+from musicgen_lora.training.experiment import main
 
 CONFIG = RunConfig(
     variant="p0.1",

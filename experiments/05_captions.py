@@ -18,8 +18,8 @@ Variants:
 With the built-in demo loops (one flat folder) `folder` gives every clip the same caption too.
 """
 
-from musicgen_lora.config import LoraSettings, ModelConfig, OptimConfig, RunConfig
-from musicgen_lora.experiment import main
+from musicgen_lora.training.config import LoraSettings, ModelConfig, OptimConfig, RunConfig
+from musicgen_lora.training.experiment import main
 
 CONFIG = RunConfig(
     variant="dummy",

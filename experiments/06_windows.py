@@ -18,8 +18,8 @@ Variants:
                    (data.pad_mode zero_pad_legacy, the old behaviour)
 """
 
-from musicgen_lora.config import LoraSettings, ModelConfig, OptimConfig, RunConfig
-from musicgen_lora.experiment import main
+from musicgen_lora.training.config import LoraSettings, ModelConfig, OptimConfig, RunConfig
+from musicgen_lora.training.experiment import main
 
 CONFIG = RunConfig(
     variant="w10",

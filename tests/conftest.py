@@ -30,21 +30,21 @@ def repo_root() -> Path:
 
 @pytest.fixture
 def tiny_model():
-    from musicgen_lora.model import build_tiny_musicgen
+    from musicgen_lora.modeling.model import build_tiny_musicgen
 
     return build_tiny_musicgen()
 
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from musicgen_lora.model import tiny_tokenizer
+    from musicgen_lora.modeling.model import tiny_tokenizer
 
     return tiny_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
-    from musicgen_lora.demo import write_demo_loops
+    from musicgen_lora.data.demo import write_demo_loops
 
     folder = tmp_path_factory.mktemp("demo_loops")
     write_demo_loops(folder, loops_per_style=1)
@@ -54,8 +54,8 @@ def demo_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory, demo_dir) -> Path:
     """The demo loops encoded by the tiny model's codec (read-only for tests: copy before changing)."""
-    from musicgen_lora.model import audio_format, build_tiny_musicgen, codec_identity
-    from musicgen_lora.tokens import codec_encoder, prepare_cache
+    from musicgen_lora.data.tokens import codec_encoder, prepare_cache
+    from musicgen_lora.modeling.model import audio_format, build_tiny_musicgen, codec_identity
 
     model = build_tiny_musicgen()
     fmt = audio_format(model)
@@ -81,15 +81,20 @@ class TinyCodec:
     codec_id: str
 
     def prepare(self, data_dir: Path, cache_dir: Path, **kwargs):
-        from musicgen_lora.tokens import prepare_cache
+        from musicgen_lora.data.tokens import prepare_cache
 
         return prepare_cache(data_dir, cache_dir, encoder=self.encoder, fmt=self.fmt, codec_id=self.codec_id, **kwargs)
 
 
 @pytest.fixture(scope="session")
 def tiny_codec() -> TinyCodec:
-    from musicgen_lora.model import TINY_MODEL, audio_format, build_tiny_musicgen, codec_identity
-    from musicgen_lora.tokens import codec_encoder
+    from musicgen_lora.data.tokens import codec_encoder
+    from musicgen_lora.modeling.model import (
+        TINY_MODEL,
+        audio_format,
+        build_tiny_musicgen,
+        codec_identity,
+    )
 
     model = build_tiny_musicgen()
     fmt = audio_format(model)
@@ -140,7 +145,7 @@ def run_baseline(args: list[str], *, env: dict | None = None, timeout: float = 1
 PAUSING = textwrap.dedent("""
     import os, runpy, sys, time
     from pathlib import Path
-    import musicgen_lora.train as train
+    import musicgen_lora.training.loop as train
 
     pause_at, calls, forward_loss = int(os.environ.get("PAUSE_AT", "0")), [], train.forward_loss
     def pausing_forward_loss(model, *args, **kwargs):

@@ -8,7 +8,7 @@ import soundfile
 
 from conftest import tiny_clap
 from musicgen_lora.cli import main as cli
-from musicgen_lora.music_tags import estimate_bpm, estimate_key, render
+from musicgen_lora.tools.music_tags import estimate_bpm, estimate_key, render
 
 RATE = 22050
 

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from corpus import build_bad_only, build_corpus
-from musicgen_lora import prepare
-from musicgen_lora.tokens import NoUsableAudioError, load_manifest
+from musicgen_lora.data.tokens import NoUsableAudioError, load_manifest
+from musicgen_lora.training import prepare
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_no_decoder_hangs_or_prints(prepared, capfd):
     # within the fixture's time; a second pass over the bad files must not print anything either.
     corpus, _, _, seconds = prepared
     assert seconds < 60
-    from musicgen_lora.audio import AudioError, load_audio
+    from musicgen_lora.data.audio import AudioError, load_audio
 
     for source in corpus.bad:
         with pytest.raises((AudioError, OSError)):

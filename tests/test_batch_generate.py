@@ -6,7 +6,7 @@ import json
 
 import soundfile
 
-from musicgen_lora.generate import main, parse_batch
+from musicgen_lora.tools.generate import main, parse_batch
 
 LINES = [
     '{"prompt": "techno drum loop", "seconds": 0.2, "seed": 1, "name": "techno"}',

@@ -46,7 +46,7 @@ def test_benchmark_writes_positive_measurements(repo_root, tmp_path):
 
 def test_flop_model_counts_linear_and_attention_terms(repo_root):
     bench = load_benchmark(repo_root)
-    from musicgen_lora.model import small_musicgen_config
+    from musicgen_lora.modeling.model import small_musicgen_config
 
     decoder = small_musicgen_config().decoder
     one = bench.train_flops(decoder, batch=1, positions=100, text_tokens=0)
@@ -61,8 +61,8 @@ def test_peer_labels_match_ours_in_the_delay_pattern(repo_root):
     """The HF recipe's labels and ours agree position for position (ours also keeps the delayed tail)."""
     import torch
 
-    from musicgen_lora.collate import IGNORE_INDEX, codebook_delays, delay_pattern_labels
-    from musicgen_lora.model import audio_format, build_random_musicgen
+    from musicgen_lora.modeling.collate import IGNORE_INDEX, codebook_delays, delay_pattern_labels
+    from musicgen_lora.modeling.model import audio_format, build_random_musicgen
 
     bench = load_benchmark(repo_root)
     model = build_random_musicgen("tiny")

@@ -8,14 +8,14 @@ import pytest
 import soundfile
 import torch
 
-from musicgen_lora.model import audio_format, build_tiny_musicgen, codec_identity
-from musicgen_lora.tokens import (
+from musicgen_lora.data.tokens import (
     CacheMismatchError,
     codec_encoder,
     load_codes,
     load_manifest,
     prepare_cache,
 )
+from musicgen_lora.modeling.model import audio_format, build_tiny_musicgen, codec_identity
 
 
 def _prepare(data, cache, model=None, codec_id=None):

@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from musicgen_lora.checkpoint import (
+from musicgen_lora.modeling.model import apply_lora, build_tiny_musicgen
+from musicgen_lora.training.checkpoint import (
     apply_checkpoint,
     list_checkpoints,
     read_checkpoint,
@@ -22,7 +23,6 @@ from musicgen_lora.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from musicgen_lora.model import apply_lora, build_tiny_musicgen
 
 
 def load_checkpoint(path, **objects):
@@ -36,8 +36,8 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     import torch
     from safetensors.torch import save_file
-    from musicgen_lora import checkpoint
-    from musicgen_lora.model import apply_lora, build_tiny_musicgen
+    from musicgen_lora.training import checkpoint
+    from musicgen_lora.modeling.model import apply_lora, build_tiny_musicgen
 
     folder = Path(sys.argv[1])
     model = apply_lora(build_tiny_musicgen(), r=2, alpha=2, dropout=0.0, targets=("q_proj",))

@@ -2,7 +2,7 @@
 
 import torch
 
-from musicgen_lora.collate import (
+from musicgen_lora.modeling.collate import (
     IGNORE_INDEX,
     Example,
     MusicgenCollator,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, child_env
-from musicgen_lora.tokens import load_codes, load_manifest
+from musicgen_lora.data.tokens import load_codes, load_manifest
 
 
 def _prepare_command(data, cache) -> list[str]:
@@ -60,8 +60,8 @@ def test_two_prepares_at_once_share_the_work(tmp_path, data):
 HANGING = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from musicgen_lora import tokens
-    from musicgen_lora.prepare import main
+    from musicgen_lora.data import tokens
+    from musicgen_lora.training.prepare import main
 
     renames, replace = [], os.replace
     def hanging_replace(src, dst):

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from musicgen_lora.config import SMOKE_OVERRIDES, RunConfig, apply_overrides
-from musicgen_lora.data import DataConfigError
-from musicgen_lora.model import LoraTargetError, ModelLoadError, load_musicgen
-from musicgen_lora.tokens import CacheMismatchError
-from musicgen_lora.train import train
+from musicgen_lora.data.tokens import CacheMismatchError
+from musicgen_lora.data.windows import DataConfigError
+from musicgen_lora.modeling.model import LoraTargetError, ModelLoadError, load_musicgen
+from musicgen_lora.training.config import SMOKE_OVERRIDES, RunConfig, apply_overrides
+from musicgen_lora.training.loop import train
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_batch_the_data_cannot_fill(config):
 
 
 def test_experiment_prints_the_message_and_exits_2(tmp_path, demo_dir, capsys):
-    from musicgen_lora.experiment import main
+    from musicgen_lora.training.experiment import main
 
     argv = ["--smoke", "--output-dir", str(tmp_path / "run"), "--data.path", str(demo_dir),
             "--data.cache-dir", str(tmp_path / "cache"), "--lora.targets", "nope"]

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from musicgen_lora.data import Clip, TrainWindows, split_clips, window
+from musicgen_lora.data.windows import Clip, TrainWindows, split_clips, window
 
 
 def _clip(name, frames, k=4):

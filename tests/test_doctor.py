@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from musicgen_lora import doctor
+from musicgen_lora.tracking import doctor
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "uv.lock"

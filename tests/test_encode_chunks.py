@@ -16,10 +16,10 @@ import pytest
 import soundfile
 import torch
 
-from musicgen_lora import tokens
-from musicgen_lora.audio import resample, resample_blocks, stream_audio
-from musicgen_lora.encoding import encode_blocks
-from musicgen_lora.tokens import load_codes, load_manifest
+from musicgen_lora.data import tokens
+from musicgen_lora.data.audio import resample, resample_blocks, stream_audio
+from musicgen_lora.data.encoding import encode_blocks
+from musicgen_lora.data.tokens import load_codes, load_manifest
 
 
 def _music(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -127,7 +127,7 @@ def test_stream_reports_bad_audio_like_load_audio(tmp_path):
 MEASURE = textwrap.dedent("""
     import re, sys
     from pathlib import Path
-    from musicgen_lora import prepare
+    from musicgen_lora.training import prepare
     code = prepare.main(sys.argv[1:])
     print("MAXRSS_KB", re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
     sys.exit(code)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from musicgen_lora.experiment import main as experiment_main
-from musicgen_lora.experiment import resolve_config
-from musicgen_lora.sweep import SweepArgs, load_experiment, run_command, split_argv
+from musicgen_lora.helpers import load_experiment
+from musicgen_lora.tools.sweep import SweepArgs, run_command, split_argv
+from musicgen_lora.training.experiment import main as experiment_main
+from musicgen_lora.training.experiment import resolve_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((REPO_ROOT / "experiments").glob("[0-9][0-9]_*.py"))

@@ -9,9 +9,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoProcessor, AutoTokenizer, MusicgenForConditionalGeneration
 
-from musicgen_lora.config import SMOKE_OVERRIDES, RunConfig, apply_overrides, to_dict
-from musicgen_lora.export import ExportError, export, main, model_card
-from musicgen_lora.model import apply_lora, build_tiny_musicgen, load_musicgen
+from musicgen_lora.modeling.model import apply_lora, build_tiny_musicgen, load_musicgen
+from musicgen_lora.tools.export import ExportError, export, main, model_card
+from musicgen_lora.training.config import SMOKE_OVERRIDES, RunConfig, apply_overrides, to_dict
 
 
 @pytest.fixture

@@ -14,9 +14,15 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
-from musicgen_lora import doctor, gpu
-from musicgen_lora.config import RunConfig
-from musicgen_lora.gpu import GpuUnusableError, TorchCuda, assess, gpu_check, require_usable_gpu
+from musicgen_lora.tracking import doctor, gpu
+from musicgen_lora.tracking.gpu import (
+    GpuUnusableError,
+    TorchCuda,
+    assess,
+    gpu_check,
+    require_usable_gpu,
+)
+from musicgen_lora.training.config import RunConfig
 
 CU130_NO_DEVICE = TorchCuda("2.11.0+cu130", "13.0", available=False)
 
@@ -98,7 +104,7 @@ def test_doctor_fails_on_a_gpu_machine_torch_cannot_use(gpu_machine, capsys):
 
 
 def test_training_refuses_cpu_on_such_a_machine_before_creating_the_run(gpu_machine, tmp_path, capsys):
-    from musicgen_lora.experiment import main
+    from musicgen_lora.training.experiment import main
 
     run_dir = tmp_path / "run"
     assert main(RunConfig(), {"default": {}}, script="01_baseline.py", argv=["--smoke", "--output-dir", str(run_dir)]) == 2
@@ -108,7 +114,7 @@ def test_training_refuses_cpu_on_such_a_machine_before_creating_the_run(gpu_mach
 
 
 def test_allow_cpu_lets_training_start_on_such_a_machine(gpu_machine, tmp_path, demo_dir, capsys):
-    from musicgen_lora.experiment import main
+    from musicgen_lora.training.experiment import main
 
     # A LoRA target that matches nothing fails inside train(), so reaching it proves the preflight let it through.
     argv = ["--smoke", "--train.allow-cpu", "--output-dir", str(tmp_path / "run"), "--data.path", str(demo_dir),

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import soundfile
 
-from musicgen_lora import loops, prepare
-from musicgen_lora.builders import load_clips
-from musicgen_lora.config import DataConfig
-from musicgen_lora.data import Clip, split_clips
-from musicgen_lora.groups import check_group_by, file_groups, split_record, split_sides
-from musicgen_lora.tokens import load_manifest
+from musicgen_lora.data.groups import check_group_by, file_groups, split_record, split_sides
+from musicgen_lora.data.tokens import load_manifest
+from musicgen_lora.data.windows import Clip, split_clips
+from musicgen_lora.tools import loops
+from musicgen_lora.training import prepare
+from musicgen_lora.training.config import DataConfig
+from musicgen_lora.training.data_setup import load_clips
 from test_loops import RATE, drum_track
 
 TRACKS = ("funk", "house", "rock")
@@ -134,8 +135,8 @@ def test_the_manifest_carries_the_group_and_old_manifests_still_load(looped, tmp
 
 
 def test_a_run_from_before_groups_resumes_only_with_its_split_by_file():
-    from musicgen_lora.config import RunConfig, apply_overrides, to_dict
-    from musicgen_lora.resume import config_changes
+    from musicgen_lora.training.config import RunConfig, apply_overrides, to_dict
+    from musicgen_lora.training.resume import config_changes
 
     old = to_dict(RunConfig())
     del old["data"]["group_by"]
@@ -144,8 +145,8 @@ def test_a_run_from_before_groups_resumes_only_with_its_split_by_file():
 
 
 def test_a_bad_rule_is_refused_before_any_work():
-    from musicgen_lora.config import RunConfig, apply_overrides
-    from musicgen_lora.validation import ConfigValueError, validate_run_config
+    from musicgen_lora.training.config import RunConfig, apply_overrides
+    from musicgen_lora.training.validation import ConfigValueError, validate_run_config
 
     with pytest.raises(ConfigValueError, match=r"--data\.group-by must be one of auto, source, folder, file"):
         validate_run_config(apply_overrides(RunConfig(), {"data.group_by": "tracks"}))

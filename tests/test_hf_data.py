@@ -12,9 +12,9 @@ import pytest
 import soundfile
 
 from conftest import BASELINE, child_env
-from musicgen_lora.builders import split_cached
-from musicgen_lora.hf_data import DatasetSourceError, load_splits
-from musicgen_lora.tokens import load_manifest
+from musicgen_lora.data.hf_datasets import DatasetSourceError, load_splits
+from musicgen_lora.data.tokens import load_manifest
+from musicgen_lora.training.data_setup import split_cached
 
 
 def _demo_rows(demo_dir):
@@ -62,7 +62,7 @@ def test_save_to_disk_dataset_trains_end_to_end(demo_dir, tmp_path):
 
 
 def test_dataset_cache_splits_by_origin_and_reuses_codes(demo_dir, tmp_path, tiny_codec):
-    from musicgen_lora.hf_data import prepare_dataset_cache
+    from musicgen_lora.data.hf_datasets import prepare_dataset_cache
 
     _saved_dict(demo_dir, tmp_path / "ds")
     kwargs = {"encoder": tiny_codec.encoder, "fmt": tiny_codec.fmt, "codec_id": tiny_codec.codec_id}
@@ -83,7 +83,7 @@ def test_dataset_cache_splits_by_origin_and_reuses_codes(demo_dir, tmp_path, tin
 def test_audio_in_both_splits_is_only_held_out(demo_dir, tmp_path, tiny_codec):
     from datasets import DatasetDict
 
-    from musicgen_lora.hf_data import prepare_dataset_cache
+    from musicgen_lora.data.hf_datasets import prepare_dataset_cache
 
     rows = _demo_rows(demo_dir)
     DatasetDict({"train": _audio_dataset(rows[:4]), "test": _audio_dataset(rows[3:])}).save_to_disk(str(tmp_path / "ds"))
@@ -112,7 +112,7 @@ def test_old_cache_without_origin_split_is_readable(demo_cache, tmp_path):
 def test_arrays_paths_and_parquet(tmp_path, tiny_codec):
     from datasets import Dataset
 
-    from musicgen_lora.hf_data import prepare_dataset_cache
+    from musicgen_lora.data.hf_datasets import prepare_dataset_cache
 
     rate = 16000
     tone = (0.3 * np.sin(np.arange(rate) * 2 * np.pi * 220 / rate)).astype(np.float32)
@@ -146,7 +146,7 @@ def test_audiofolder_with_train_and_test_splits(tmp_path):
 
 
 def test_unreachable_hub_id_fails_fast_naming_the_option(tmp_path, capsys, monkeypatch):
-    from musicgen_lora import prepare
+    from musicgen_lora.training import prepare
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
@@ -161,15 +161,15 @@ def test_unreachable_hub_id_fails_fast_naming_the_option(tmp_path, capsys, monke
 
 
 def test_prepare_needs_exactly_one_source(capsys):
-    from musicgen_lora import prepare
+    from musicgen_lora.training import prepare
 
     assert prepare.main(["--model", "tiny"]) == 2
     assert "either --data" in capsys.readouterr().err
 
 
 def test_dataset_and_path_together_are_refused():
-    from musicgen_lora.config import RunConfig, apply_overrides
-    from musicgen_lora.validation import ConfigValueError, validate_run_config
+    from musicgen_lora.training.config import RunConfig, apply_overrides
+    from musicgen_lora.training.validation import ConfigValueError, validate_run_config
 
     cfg = apply_overrides(RunConfig(), {"data.dataset": "some/dataset", "data.path": "loops"})
     with pytest.raises(ConfigValueError, match="pass only one"):

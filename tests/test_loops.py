@@ -10,8 +10,9 @@ import pytest
 import soundfile
 import torch
 
-from musicgen_lora.loops import LoopSettings, extract_loops, fix_tempo_octave, main
-from musicgen_lora.percussive import percussive_emphasis
+from musicgen_lora.data.percussive import percussive_emphasis
+from musicgen_lora.tools.beat_analysis import fix_tempo_octave
+from musicgen_lora.tools.loops import LoopSettings, extract_loops, main
 
 RATE = 32000
 ALIGN_TOLERANCE = 0.030
@@ -82,7 +83,7 @@ def test_loops_are_downbeat_aligned_with_the_expected_length_and_a_rerun_does_no
 
 def test_demo_drum_patterns_are_cut_on_their_downbeats(tmp_path):
     """Realistic patterns without accents (kick on 1, snare on the backbeat, busy hats), tiled."""
-    from musicgen_lora.demo import STYLES, drum_loop
+    from musicgen_lora.data.demo import STYLES, drum_loop
 
     (tmp_path / "in").mkdir()
     styles = {s.name: s for s in STYLES if s.name in ("hip hop", "rock", "trap")}
@@ -128,8 +129,8 @@ def test_percussive_emphasis_keeps_hits_and_drops_tones():
 
 
 def test_percussive_preprocessing_is_part_of_the_cache_key(tiny_codec, demo_dir, tmp_path):
-    from musicgen_lora.builders import percussive_encoder
-    from musicgen_lora.tokens import CacheMismatchError, cache_identity, entry_key
+    from musicgen_lora.data.tokens import CacheMismatchError, cache_identity, entry_key
+    from musicgen_lora.training.data_setup import percussive_encoder
 
     plain = cache_identity(tiny_codec.codec_id, tiny_codec.fmt)
     encoder, preprocessing = percussive_encoder(tiny_codec.encoder)
@@ -151,14 +152,14 @@ def test_percussive_preprocessing_is_part_of_the_cache_key(tiny_codec, demo_dir,
 
 
 def _prepare(codec, data_dir, cache_dir, encoder, preprocessing):
-    from musicgen_lora.tokens import prepare_cache
+    from musicgen_lora.data.tokens import prepare_cache
 
     return prepare_cache(data_dir, cache_dir, encoder=encoder, fmt=codec.fmt, codec_id=codec.codec_id,
                          preprocessing=preprocessing)
 
 
 def test_percussive_encoder_applies_emphasis_before_encoding(tiny_codec):
-    from musicgen_lora.builders import percussive_encoder
+    from musicgen_lora.training.data_setup import percussive_encoder
 
     encoder, _ = percussive_encoder(tiny_codec.encoder)
     audio = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 1, 6400)).astype(np.float32) * 0.1)

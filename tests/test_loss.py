@@ -4,9 +4,9 @@ import math
 
 import torch
 
-from musicgen_lora.collate import IGNORE_INDEX, Example, MusicgenCollator, codebook_delays
-from musicgen_lora.forward import TextStateCache, forward_loss
-from musicgen_lora.loss import codebook_cross_entropy, codebook_metrics
+from musicgen_lora.modeling.collate import IGNORE_INDEX, Example, MusicgenCollator, codebook_delays
+from musicgen_lora.modeling.forward import TextStateCache, forward_loss
+from musicgen_lora.modeling.loss import codebook_cross_entropy, codebook_metrics
 
 
 def _batch(tokenizer, drop=(False, False), frames=12):
@@ -55,7 +55,7 @@ def test_per_codebook_metrics_from_known_logits():
 
 def test_condition_dropout_and_guidance_are_finite(tiny_model, tokenizer):
     """A fully dropped caption (all-zero cross-attention mask) stays NaN-free under SDPA."""
-    from musicgen_lora.generate import generate_audio
+    from musicgen_lora.modeling.generate import generate_audio
 
     assert tiny_model.config.decoder._attn_implementation == "sdpa"
     batch = _batch(tokenizer, drop=(True, True))
@@ -71,7 +71,7 @@ def test_condition_dropout_and_guidance_are_finite(tiny_model, tokenizer):
 
 def test_text_states_are_deterministic_while_training(tiny_model, tokenizer):
     """T5 runs without dropout even in train mode: a cached state equals a fresh one and inference's."""
-    from musicgen_lora.forward import text_states
+    from musicgen_lora.modeling.forward import text_states
 
     batch = _batch(tokenizer)
     mask = batch["attention_mask"][..., None]  # the cache leaves padding positions at zero

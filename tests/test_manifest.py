@@ -6,14 +6,14 @@ import hashlib
 import json
 import subprocess
 
-from musicgen_lora.config import RunConfig
-from musicgen_lora.manifest import (
+from musicgen_lora.tracking.manifest import (
     Launch,
     ManifestTracker,
     build_manifest,
     find_repo_root,
     git_state,
 )
+from musicgen_lora.training.config import RunConfig
 
 
 def _git(root, *args):

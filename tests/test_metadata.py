@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from musicgen_lora import prepare
-from musicgen_lora.captions import read_metadata
-from musicgen_lora.tokens import load_manifest
+from musicgen_lora.data.captions import read_metadata
+from musicgen_lora.data.tokens import load_manifest
+from musicgen_lora.training import prepare
 
 NAMES = ("kick.wav", "snare.wav", "hats.wav", "toms.wav")
 

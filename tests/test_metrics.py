@@ -12,14 +12,9 @@ import scipy.linalg
 import torch
 
 from conftest import child_env, quick_args, run_baseline, tiny_clap
-from musicgen_lora.metrics import (
-    ClapScorer,
-    GenerationEvaluator,
-    as_pcm16,
-    decode_codes,
-    encodec_embedder,
-    frechet_distance,
-)
+from musicgen_lora.evaluation.clap import ClapScorer, as_pcm16
+from musicgen_lora.evaluation.evaluator import GenerationEvaluator
+from musicgen_lora.evaluation.fad import decode_codes, encodec_embedder, frechet_distance
 
 
 def _correlated(rng, n, d):
@@ -74,7 +69,7 @@ def test_encodec_embeddings_and_decoded_codes(tiny_model):
 
 
 def test_evaluator_is_deterministic_and_scores_base_and_adapter(tiny_model, tokenizer):
-    from musicgen_lora.model import apply_lora
+    from musicgen_lora.modeling.model import apply_lora
 
     codec = tiny_model.audio_encoder
     embed = encodec_embedder(codec)
@@ -124,7 +119,7 @@ def test_clap_similarity_with_a_tiny_random_clap():
 def test_standard_clap_fad_next_to_the_latent_one(tiny_model, tokenizer):
     """gen/fad_clap: one CLAP embedding per clip (16-bit PCM, 48 kHz) against the reference's, beside
     the EnCodec-latent gen/fad; the base model is scored the same way."""
-    from musicgen_lora.model import apply_lora
+    from musicgen_lora.modeling.model import apply_lora
 
     codec, clap = tiny_model.audio_encoder, _tiny_clap()
     embed = encodec_embedder(codec)

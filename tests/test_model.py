@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from musicgen_lora.model import (
+from musicgen_lora.modeling.model import (
     LoraTargetError,
     ModelLoadError,
     apply_lora,
@@ -58,7 +58,7 @@ def test_unreachable_model_fails_fast_naming_alternatives(tmp_path, monkeypatch)
 def test_adapter_save_and_load_gives_identical_outputs(tiny_model, tokenizer, tmp_path):
     from peft import PeftModel
 
-    from musicgen_lora.model import build_tiny_musicgen
+    from musicgen_lora.modeling.model import build_tiny_musicgen
 
     model = apply_lora(tiny_model, r=4, alpha=8, dropout=0.0, targets=("q_proj", "v_proj"))
     with torch.no_grad():
@@ -80,7 +80,7 @@ def test_adapter_save_and_load_gives_identical_outputs(tiny_model, tokenizer, tm
 def test_saved_checkpoint_loads_with_either_attention(tmp_path):
     """A checkpoint folder (the Hub layout) loads with SDPA: the setting reaches only the decoder,
     since EnCodec has no SDPA and transformers 5 refuses a model-wide "sdpa" for it."""
-    from musicgen_lora.model import build_tiny_musicgen, load_musicgen, tiny_tokenizer
+    from musicgen_lora.modeling.model import build_tiny_musicgen, load_musicgen, tiny_tokenizer
 
     build_tiny_musicgen().save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
@@ -92,8 +92,8 @@ def test_saved_checkpoint_loads_with_either_attention(tmp_path):
 def test_compiled_decoder_keeps_adapter_names(tiny_model):
     """--model.compile compiles in place: no `_orig_mod.` in parameter names, so adapters and
     checkpoints save and load as without it."""
-    from musicgen_lora import builders
-    from musicgen_lora.config import ModelConfig, RunConfig
+    from musicgen_lora.training import builders
+    from musicgen_lora.training.config import ModelConfig, RunConfig
 
     model = builders.lora_model(RunConfig(model=ModelConfig(name="tiny", compile=True)), tiny_model)
     names = [name for name, p in model.named_parameters() if p.requires_grad]

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from musicgen_lora import train as train_module
-from musicgen_lora.checkpoint import list_checkpoints
-from musicgen_lora.config import SMOKE_OVERRIDES, RunConfig, apply_overrides
-from musicgen_lora.train import NonFiniteTrainingError, train
+from musicgen_lora.training import loop as train_module
+from musicgen_lora.training.checkpoint import list_checkpoints
+from musicgen_lora.training.config import SMOKE_OVERRIDES, RunConfig, apply_overrides
+from musicgen_lora.training.loop import NonFiniteTrainingError, train
 
 
 @pytest.fixture

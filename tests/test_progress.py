@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from musicgen_lora.generate import generate_batch, parse_batch
-from musicgen_lora.loops import extract_loops
+from musicgen_lora.tools.generate import generate_batch, parse_batch
+from musicgen_lora.tools.loops import extract_loops
 
 
 class Terminal(io.StringIO):

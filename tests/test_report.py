@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from musicgen_lora import report
+from musicgen_lora.tracking import report
 
 
 def _write_run(root, name, *, variant, seed, val_losses, tokens_per_s, outcome="completed", experiment="07_demo",
@@ -181,7 +181,7 @@ def messy_runs(tmp_path):
 
 
 def test_groups_duplicates_differing_configs_and_killed_runs(messy_runs):
-    from musicgen_lora.run_lock import RunDirLock
+    from musicgen_lora.tracking.run_lock import RunDirLock
 
     _, dirs = messy_runs
     lock = RunDirLock.acquire(dirs["s6_live"])
@@ -231,8 +231,8 @@ def test_report_states_n_groups_and_left_out_runs(messy_runs, tmp_path):
 def test_report_names_the_fad_embeddings_and_reference(tmp_path):
     """The CLAP FAD is named as the one comparable with published numbers, the EnCodec-latent FAD as
     comparable only across this project's runs; both embeddings and the reference set are named."""
-    from musicgen_lora.config import RunConfig
-    from musicgen_lora.manifest import generation_metrics
+    from musicgen_lora.tracking.manifest import generation_metrics
+    from musicgen_lora.training.config import RunConfig
 
     described = generation_metrics(RunConfig())
     dirs = []

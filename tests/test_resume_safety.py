@@ -17,12 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from musicgen_lora import train as train_module
-from musicgen_lora.checkpoint import list_checkpoints
-from musicgen_lora.config import SMOKE_OVERRIDES, RunConfig, apply_overrides
-from musicgen_lora.generate import load_with_adapter
-from musicgen_lora.resume import ResumeConfigError
-from musicgen_lora.train import RunInterrupted, train
+from musicgen_lora.modeling.generate import load_with_adapter
+from musicgen_lora.training import loop as train_module
+from musicgen_lora.training.checkpoint import list_checkpoints
+from musicgen_lora.training.config import SMOKE_OVERRIDES, RunConfig, apply_overrides
+from musicgen_lora.training.loop import RunInterrupted, train
+from musicgen_lora.training.resume import ResumeConfigError
 
 STEPS, EVERY = 6, 2
 

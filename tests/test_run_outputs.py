@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import quick_args, run_baseline
-from musicgen_lora import cli, generate
-from musicgen_lora.model import load_musicgen
-from musicgen_lora.tokens import atomic_write_json
+from musicgen_lora import cli
+from musicgen_lora.helpers import atomic_write_json
+from musicgen_lora.modeling import generate
+from musicgen_lora.modeling.model import load_musicgen
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

@@ -9,11 +9,11 @@ import numpy as np
 import soundfile
 import torch
 
-from musicgen_lora import builders, prepare
-from musicgen_lora.config import RunConfig
-from musicgen_lora.data import Clip, EvalWindows, TrainWindows, window
-from musicgen_lora.model import audio_format, build_tiny_musicgen
-from musicgen_lora.tokens import load_codes, load_manifest
+from musicgen_lora.data.tokens import load_codes, load_manifest
+from musicgen_lora.data.windows import Clip, EvalWindows, TrainWindows, window
+from musicgen_lora.modeling.model import audio_format, build_tiny_musicgen
+from musicgen_lora.training import data_setup, prepare
+from musicgen_lora.training.config import RunConfig
 
 LOOP_SAMPLES = 23_360  # 0.73 s at 32 kHz: 36.5 frames of 640 samples, not a whole number
 
@@ -65,7 +65,7 @@ def test_training_tiles_for_its_window_and_only_in_tile_mode(tmp_path):
         cfg = RunConfig()
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(
             cfg.data, path=data, cache_dir=tmp_path / f"cache-{mode}", window_seconds=2.0, pad_mode=mode))
-        cache = builders.token_cache(cfg, model, fmt, torch.device("cpu"), log_summary=False)
+        cache = data_setup.token_cache(cfg, model, fmt, torch.device("cpu"), log_summary=False)
         frames[mode] = load_manifest(cache)[0].frames
     repeats = int(np.ceil(2 * 32000 / LOOP_SAMPLES)) + 1  # 4 loops: 93440 samples = 146 frames
     assert frames == {"tile": int(np.ceil(repeats * LOOP_SAMPLES / 640)), "pad": 37}
@@ -83,5 +83,5 @@ def test_legacy_zero_padding_keeps_codebooks_apart_and_is_not_scored():
 
 
 def test_silence_codes_tile_without_edge_frames(tiny_model):
-    codes = builders.silence_codes(tiny_model, audio_format(tiny_model), torch.device("cpu"))
+    codes = data_setup.silence_codes(tiny_model, audio_format(tiny_model), torch.device("cpu"))
     assert codes.shape == (4, 50) and all(len(set(row.tolist())) == 1 for row in codes)

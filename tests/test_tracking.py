@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import wandb
 
-from musicgen_lora import builders
-from musicgen_lora.config import DataConfig, RunConfig, TrackingConfig
-from musicgen_lora.manifest import Launch, build_manifest
-from musicgen_lora.redact import RedactingFilter, redact, secret_values
-from musicgen_lora.tracking import JsonlTracker, WandbTracker, read_metrics, wandb_mode
+from musicgen_lora.tracking.manifest import Launch, build_manifest
+from musicgen_lora.tracking.redact import RedactingFilter, redact, secret_values
+from musicgen_lora.tracking.trackers import JsonlTracker, WandbTracker, read_metrics, wandb_mode
+from musicgen_lora.training import builders
+from musicgen_lora.training.config import DataConfig, RunConfig, TrackingConfig
 from wandb_file import history_rows, read_records
 
 SECRET = "s3cr3t-value-1234567890"
@@ -136,7 +136,7 @@ def test_redaction(monkeypatch):
 
 @pytest.mark.parametrize("clip_shape", [(1, 320), (2, 320)])
 def test_audio_layout_for_wandb(clip_shape):
-    from musicgen_lora.tracking import _wandb_audio_array
+    from musicgen_lora.tracking.trackers import _wandb_audio_array
 
     out = _wandb_audio_array(np.zeros(clip_shape, np.float32))
     assert out.shape == ((320,) if clip_shape[0] == 1 else (320, 2))
@@ -145,8 +145,8 @@ def test_audio_layout_for_wandb(clip_shape):
 def test_wandb_run_names_are_unique_per_run_directory(monkeypatch, tmp_path):
     """Issue 16.7: two runs with the same experiment, variant and seed get different W&B names; a
     resumed run (same directory) keeps its name."""
-    from musicgen_lora.builders import wandb_run_name
-    from musicgen_lora.config import RunConfig
+    from musicgen_lora.training.builders import wandb_run_name
+    from musicgen_lora.training.config import RunConfig
 
     monkeypatch.delenv("AZUREML_RUN_ID", raising=False)
     cfg = RunConfig()
@@ -158,7 +158,7 @@ def test_wandb_run_names_are_unique_per_run_directory(monkeypatch, tmp_path):
 
 
 def test_wandb_disabled_in_the_environment_wins_over_any_flag(monkeypatch):
-    from musicgen_lora.tracking import wandb_mode
+    from musicgen_lora.tracking.trackers import wandb_mode
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode("offline") == wandb_mode("online") == wandb_mode("auto") == "disabled"

@@ -2,11 +2,11 @@
 
 import torch
 
-from musicgen_lora.collate import Example, MusicgenCollator, codebook_delays
-from musicgen_lora.demo import STYLES, drum_loop
-from musicgen_lora.forward import forward_loss
-from musicgen_lora.model import apply_lora, audio_format
-from musicgen_lora.tokens import codec_encoder
+from musicgen_lora.data.demo import STYLES, drum_loop
+from musicgen_lora.data.tokens import codec_encoder
+from musicgen_lora.modeling.collate import Example, MusicgenCollator, codebook_delays
+from musicgen_lora.modeling.forward import forward_loss
+from musicgen_lora.modeling.model import apply_lora, audio_format
 
 PROMPT = "techno drum loop, 128 bpm"
 
@@ -58,13 +58,13 @@ def test_memorized_clip_is_reproduced_by_greedy_generate(tiny_model, tokenizer):
 
 
 def test_loss_falls_and_only_lora_changes(tiny_model, demo_cache):
-    from musicgen_lora.builders import load_clips
-    from musicgen_lora.data import TrainWindows
+    from musicgen_lora.data.windows import TrainWindows
+    from musicgen_lora.training.data_setup import load_clips
 
     torch.manual_seed(0)
     base_before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
     model = apply_lora(tiny_model, r=8, alpha=16, dropout=0.0, targets=("q_proj", "k_proj", "v_proj", "out_proj"))
-    from musicgen_lora.model import tiny_tokenizer
+    from musicgen_lora.modeling.model import tiny_tokenizer
 
     windows = TrainWindows(
         load_clips(demo_cache), frames=50, pad_mode="tile", special_token_id=2048, seed=0, condition_dropout=0.1

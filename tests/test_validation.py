@@ -8,8 +8,9 @@ import pytest
 
 from conftest import BASELINE, REPO_ROOT, child_env, run_baseline
 from musicgen_lora import cli
-from musicgen_lora.config import SMOKE_OVERRIDES, RunConfig, apply_overrides
-from musicgen_lora.validation import ConfigValueError, max_generation_seconds, validate_run_config
+from musicgen_lora.modeling.generate import max_generation_seconds
+from musicgen_lora.training.config import SMOKE_OVERRIDES, RunConfig, apply_overrides
+from musicgen_lora.training.validation import ConfigValueError, validate_run_config
 
 
 @pytest.mark.parametrize(

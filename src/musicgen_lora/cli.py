@@ -12,16 +12,16 @@ import sys
 
 # subcommand -> (module, one-line summary). Modules are imported only when their command runs.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "doctor": ("musicgen_lora.doctor", "check that this environment matches uv.lock"),
-    "prepare": ("musicgen_lora.prepare", "encode an audio folder once into the token cache"),
-    "generate": ("musicgen_lora.generate", "generate audio with a base model and a LoRA adapter"),
-    "demo-data": ("musicgen_lora.demo", "write the built-in demo drum loops to a folder"),
-    "sweep": ("musicgen_lora.sweep", "run every variant x seed of an experiment"),
-    "report": ("musicgen_lora.report", "compare runs: reports/NN_name.md + plots"),
+    "doctor": ("musicgen_lora.tracking.doctor", "check that this environment matches uv.lock"),
+    "prepare": ("musicgen_lora.training.prepare", "encode an audio folder once into the token cache"),
+    "generate": ("musicgen_lora.tools.generate", "generate audio with a base model and a LoRA adapter"),
+    "demo-data": ("musicgen_lora.data.demo", "write the built-in demo drum loops to a folder"),
+    "sweep": ("musicgen_lora.tools.sweep", "run every variant x seed of an experiment"),
+    "report": ("musicgen_lora.tracking.report", "compare runs: reports/NN_name.md + plots"),
     "azure": ("musicgen_lora.azure", "submit and manage runs on Azure ML"),
-    "loops": ("musicgen_lora.loops", "cut beat-aligned loops out of longer audio"),
-    "caption": ("musicgen_lora.autocaption", "caption an audio folder: tempo, key, CLAP tags -> metadata.jsonl"),
-    "export": ("musicgen_lora.export", "export an adapter, alone or merged into the base model"),
+    "loops": ("musicgen_lora.tools.loops", "cut beat-aligned loops out of longer audio"),
+    "caption": ("musicgen_lora.tools.caption", "caption an audio folder: tempo, key, CLAP tags -> metadata.jsonl"),
+    "export": ("musicgen_lora.tools.export", "export an adapter, alone or merged into the base model"),
 }
 
 

@@ -27,7 +27,7 @@ from musicgen_lora.azure.job import JobSpec
 from musicgen_lora.azure.repo import RepoState, find_repo_root, read_repo_state
 from musicgen_lora.azure.secrets import DEFAULT_SECRET_NAME
 from musicgen_lora.azure.snapshot import CodeSnapshot, write_code_snapshot
-from musicgen_lora.outputs import require_folder
+from musicgen_lora.helpers import require_folder
 
 DRY_RUN_DIR = ".azureml-dryrun"
 DRY_RUN_MARKER = ".musicgen-lora-dry-run"

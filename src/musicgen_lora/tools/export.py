@@ -1,0 +1,331 @@
+"""`musicgen-lora export`: a trained adapter alone (PEFT format) or merged into its base model as a
+standalone MusicGen checkpoint (safetensors + processor + generation config), with a model card.
+
+The card states the base model, the training data (from the run's config.json and its token cache:
+files, total duration, sample captions), the training configuration and the license of the base
+weights: Meta's MusicGen checkpoints are CC-BY-NC 4.0, and an adapter or a merged model made from
+them is for non-commercial use as well.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import tyro
+
+from musicgen_lora.helpers import (
+    OutputPathError,
+    refuse_overlap,
+    require_folder,
+    respect_umask,
+    run_directory,
+)
+
+MUSICGEN_LICENSE = "cc-by-nc-4.0"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+EXPORT_RECORD = ".musicgen-lora-export.json"
+"""Written into every export: the files it wrote, which a later --overwrite may delete (only those)."""
+
+
+class ExportError(RuntimeError):
+    """The export cannot be made; the message says what to change."""
+
+
+def export(
+    adapter: Path,
+    out: Path,
+    *,
+    merge: bool = False,
+    model_name: str | None = None,
+    run_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    overwrite: bool = False,
+    revision: str | None = None,
+) -> Path:
+    """Write the adapter (or the merged model) and README.md to `out`; returns `out`.
+
+    `run_dir` (default: the adapter's run directory, see outputs.run_directory) and `cache_dir`
+    (default: the token cache that run used, when it is found) only feed the model card. The base
+    model is loaded at `revision`, default the one the adapter recorded (--model.revision).
+    """
+    from musicgen_lora.modeling.generate import base_of
+    adapter, out = Path(adapter), Path(out).expanduser()
+    config_path = adapter / "adapter_config.json"
+    if not config_path.is_file():
+        raise ExportError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
+    if not (model_name or json.loads(config_path.read_text()).get("base_model_name_or_path")):
+        raise ExportError(f"{config_path} does not name its base model; pass --model")
+    base, revision = base_of(adapter, model_name, revision)
+    run_dir = run_dir or run_directory(adapter)
+    try:
+        _prepare_out(out, adapter, run_dir, overwrite)
+    except OutputPathError as error:
+        raise ExportError(str(error)) from None
+    run_config = json.loads((run_dir / "config.json").read_text()) if run_dir and (run_dir / "config.json").is_file() else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if merge:
+            model_config = _save_merged(adapter, base, out, revision)
+        else:
+            for name in ADAPTER_FILES:
+                if (adapter / name).is_file():
+                    shutil.copy2(adapter / name, out / name)  # byte-identical: the adapter as trained
+            model_config = _base_config(base, revision)
+        data = data_description(run_config, model_config, base, cache_dir)
+        (out / "README.md").write_text(model_card(base, merged=merge, run_config=run_config, data=data, revision=revision))
+    finally:  # even a failed export lists what it wrote, so --overwrite can replace it
+        _record_export(out)
+    return out
+
+
+def _prepare_out(out: Path, adapter: Path, run_dir: Path | None, overwrite: bool) -> None:
+    """Refuse an --out that would clobber the adapter, its run or the user's files; with
+    --overwrite, remove the files a previous export wrote there (and nothing else)."""
+    require_folder("--out", out)
+    refuse_overlap("--out", out, {"adapter folder": adapter})
+    if overwrite:  # replacing must never reach the run that produced the adapter
+        refuse_overlap("--out", out, {"run directory": run_dir})
+    if not (out.exists() and any(out.iterdir())):
+        return
+    if not overwrite:
+        raise OutputPathError(f"--out {out} exists and is not empty; pass --overwrite or choose another folder")
+    for name in _previous_export(out):
+        (out / name).unlink(missing_ok=True)
+    (out / EXPORT_RECORD).unlink()
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def _previous_export(out: Path) -> set[str]:
+    """The files an earlier export recorded in `out`; refuses a folder holding anything else."""
+    record = out / EXPORT_RECORD
+    if not record.is_file():
+        raise OutputPathError(f"--out {out} is not empty and was not written by musicgen-lora export; "
+                              "--overwrite replaces only a previous export: choose an empty or new folder")
+    written = set(json.loads(record.read_text())["files"])
+    foreign = sorted(_files(out) - written - {EXPORT_RECORD})
+    if foreign:
+        raise OutputPathError(f"--out {out} holds files no export wrote ({', '.join(foreign[:3])}); "
+                              "move them or choose another folder")
+    return written
+
+
+def _record_export(out: Path) -> None:
+    """List what this export wrote, so a later --overwrite deletes exactly that."""
+    files = sorted(_files(out) - {EXPORT_RECORD})
+    respect_umask(out / name for name in files)  # copies and safetensors would keep 0600
+    (out / EXPORT_RECORD).write_text(json.dumps({"files": files}, indent=2) + "\n")
+
+
+def _save_merged(adapter: Path, base: str, out: Path, revision: str | None = None):
+    """Base + adapter with the LoRA update merged into the weights, saved as a plain MusicGen."""
+    from transformers import EncodecFeatureExtractor, MusicgenProcessor
+
+    from musicgen_lora.modeling.generate import load_with_adapter
+    from musicgen_lora.modeling.model import audio_format
+
+    model, tokenizer = load_with_adapter(adapter, base, device="cpu", revision=revision)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out)  # safetensors + config.json + generation_config.json
+    fmt = audio_format(merged)
+    extractor = EncodecFeatureExtractor(feature_size=fmt.channels, sampling_rate=fmt.sample_rate)
+    try:
+        MusicgenProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
+    except (TypeError, ValueError):  # a tokenizer class the processor does not accept
+        tokenizer.save_pretrained(out)
+        extractor.save_pretrained(out)
+    return merged.config
+
+
+def _base_config(base: str, revision: str | None = None):
+    """The base model's config (no weights), or None when it cannot be read offline."""
+    from musicgen_lora.modeling.model import TINY_MODEL
+    if base == TINY_MODEL:
+        from musicgen_lora.modeling.model import build_tiny_musicgen
+
+        return build_tiny_musicgen().config
+    from transformers import MusicgenConfig
+
+    try:
+        return MusicgenConfig.from_pretrained(base, revision=revision, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def data_description(run_config: dict | None, model_config, base: str, cache_dir: Path | None) -> dict:
+    """What the card says about the training data: folder, and from the token cache the number of
+    files, total duration and sample captions (when the cache is found)."""
+    if run_config is None and cache_dir is None:
+        return {}
+    data = (run_config or {}).get("data", {})
+    description = {"path": data.get("path") or ("built-in demo drum loops (musicgen_lora.data.demo)" if run_config else "unknown")}
+    if cache_dir is None:
+        cache_dir = data.get("cache_dir")
+        if cache_dir is None and model_config is not None:
+            from musicgen_lora.modeling.model import codec_identity
+            from musicgen_lora.training.data_setup import default_cache_dir
+
+            codec_id = codec_identity(SimpleNamespace(config=model_config), base)
+            tag = codec_id + ("-percussive" if data.get("percussive") else "")
+            cache_dir = default_cache_dir(data.get("path"), tag)
+    manifest = Path(cache_dir) / "manifest.json" if cache_dir else None
+    if manifest is None or not manifest.is_file():
+        description["note"] = "token cache not found here (pass --cache for file counts and durations)"
+        return description
+    entries = json.loads(manifest.read_text())["entries"]
+    frame_rate = json.loads((manifest.parent / "cache.json").read_text())["frame_rate"]
+    description.update(
+        files=len(entries),
+        seconds=sum(entry["frames"] for entry in entries) / frame_rate,
+        captions=sorted({entry["caption"] for entry in entries})[:8],
+        distinct_captions=len({entry["caption"] for entry in entries}),
+    )
+    return description
+
+
+def license_text(base: str) -> tuple[str, str]:
+    """(license id for the card's metadata, the sentence that explains it)."""
+    from musicgen_lora.modeling.model import TINY_MODEL
+    if base == TINY_MODEL:
+        return "mit", (
+            "The base is the random toy MusicGen built in code by `musicgen_lora.modeling.model.build_tiny_musicgen` "
+            "(no pretrained weights; for tests and demos only), so no third-party weights license applies. "
+            "An adapter trained on a real MusicGen checkpoint inherits that checkpoint's license (CC-BY-NC 4.0)."
+        )
+    return MUSICGEN_LICENSE, (
+        f"The base weights ({base}) are Meta's MusicGen weights, released under **CC-BY-NC 4.0** "
+        "(Creative Commons Attribution-NonCommercial 4.0, https://creativecommons.org/licenses/by-nc/4.0/). "
+        "This export is derived from them, merged or not, and may be used for **non-commercial purposes only**, "
+        "with attribution to Meta's MusicGen (Copet et al., 2023). The training code (musicgen-lora) is MIT."
+    )
+
+
+def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict, revision: str | None = None) -> str:
+    license_id, license_sentence = license_text(base)
+    kind = "MusicGen with a LoRA adapter merged into its weights" if merged else "LoRA adapter (PEFT) for MusicGen"
+    lines = [
+        "---",
+        f"license: {license_id}",
+        f"base_model: {base}",
+        f"library_name: {'transformers' if merged else 'peft'}",
+        "pipeline_tag: text-to-audio",
+        "tags: [musicgen, lora, text-to-audio, musicgen-lora]",
+        "---",
+        "",
+        f"# {kind}",
+        "",
+        f"- **Base model:** `{base}`" + (f" at revision `{revision}`" if revision else ""),
+        f"- **Format:** {'standalone checkpoint (safetensors, processor, generation config)' if merged else 'PEFT adapter (adapter_config.json + adapter_model.safetensors)'}",
+        "",
+        "## License",
+        "",
+        license_sentence,
+        "",
+        "## Training data",
+        "",
+    ]
+    if not data:
+        lines.append("Not recorded (the adapter was exported without its run directory).")
+    else:
+        lines.append(f"- Folder: `{data['path']}`")
+        if "files" in data:
+            lines.append(f"- {data['files']} audio files, {_duration(data['seconds'])} in total, "
+                         f"{data['distinct_captions']} distinct captions")
+            lines.append("- Sample captions: " + "; ".join(f"\"{c}\"" for c in data["captions"]))
+        if "note" in data:
+            lines.append(f"- {data['note']}")
+    lines += ["", "## Usage", "", "```python"]
+    if merged:
+        lines += [
+            "from transformers import AutoProcessor, MusicgenForConditionalGeneration",
+            "model = MusicgenForConditionalGeneration.from_pretrained(\"PATH\")",
+            "processor = AutoProcessor.from_pretrained(\"PATH\")",
+            "inputs = processor(text=[\"a drum loop\"], padding=True, return_tensors=\"pt\")",
+            "audio = model.generate(**inputs, max_new_tokens=256)",
+        ]
+    else:
+        lines += [
+            "# uv run musicgen-lora generate --adapter PATH --prompt \"a drum loop\" --out loop.wav",
+            "from peft import PeftModel",
+            "from transformers import MusicgenForConditionalGeneration",
+            f"base = MusicgenForConditionalGeneration.from_pretrained(\"{base}\"" + (f", revision=\"{revision}\")" if revision else ")"),
+            "model = PeftModel.from_pretrained(base, \"PATH\")",
+        ]
+    lines += ["```", ""]
+    if run_config:
+        lines += _config_summary(run_config)
+    return "\n".join(lines) + "\n"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} hours" if seconds >= 3600 else f"{seconds / 60:.1f} minutes"
+
+
+def _config_summary(config: dict) -> list[str]:
+    lora, optim, train = config.get("lora", {}), config.get("optim", {}), config.get("train", {})
+    data = config.get("data", {})
+    return [
+        "## Training configuration",
+        "",
+        f"- Experiment `{config.get('experiment')}`, variant `{config.get('variant')}`, seed {config.get('seed')}",
+        f"- LoRA rank {lora.get('r')}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, "
+        f"targets {', '.join(lora.get('targets', []))}",
+        f"- AdamW lr {optim.get('lr')}, {train.get('max_steps')} steps, batch {train.get('batch_size')} "
+        f"x {train.get('grad_accum_steps')} accumulation, {data.get('window_seconds')} s windows",
+        "",
+        "<details><summary>Full run configuration (config.json)</summary>",
+        "",
+        "```json",
+        json.dumps(config, indent=2),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
+
+
+@dataclass(frozen=True)
+class ExportArgs:
+    """Export a trained LoRA adapter, alone or merged into its base model, with a model card."""
+
+    adapter: Path
+    """Adapter folder (a run's adapter/)."""
+    out: Path
+    """Output folder."""
+    merge: bool = False
+    """Merge the adapter into the base weights and save a standalone MusicGen checkpoint."""
+    model: str | None = None
+    """Base model; default: the one named in the adapter's config."""
+    run_dir: Path | None = None
+    """Run directory for the card (config, data); default: the adapter's parent folder."""
+    cache: Path | None = None
+    """Token cache of the training data for the card; default: the one the run used, if found here."""
+    overwrite: bool = False
+    """Replace a previous export in the output folder (only files an export wrote there; never the
+    adapter's folder or its run directory)."""
+    revision: str | None = None
+    """Hub revision of the base model; default: the one recorded with the adapter (--model.revision of its run)."""
+
+
+def main(argv: list[str]) -> int:
+    args = tyro.cli(ExportArgs, args=argv, prog="musicgen-lora export")
+    from musicgen_lora.modeling.model import ModelLoadError  # after parsing: `--help` stays instant
+
+    try:
+        out = export(
+            args.adapter, args.out, merge=args.merge, model_name=args.model,
+            run_dir=args.run_dir, cache_dir=args.cache, overwrite=args.overwrite, revision=args.revision,
+        )
+    except (ExportError, ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{'merged model' if args.merge else 'adapter'} and model card written to {out}")
+    return 0
