@@ -60,7 +60,7 @@ def test_two_prepares_at_once_share_the_work(tmp_path, data):
 HANGING = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from musicgen_lora.data import tokens
+    from musicgen_lora import helpers
     from musicgen_lora.training.prepare import main
 
     renames, replace = [], os.replace
@@ -71,7 +71,7 @@ HANGING = textwrap.dedent("""
                 Path(sys.argv[3]).touch()
                 time.sleep(600)
         replace(src, dst)
-    tokens.os.replace = hanging_replace
+    helpers.os.replace = hanging_replace  # the atomic writes live in helpers
     main(["--data", sys.argv[1], "--model", "tiny", "--cache", sys.argv[2], "--device", "cpu"])
 """)
 

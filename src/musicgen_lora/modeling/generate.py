@@ -94,7 +94,7 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
 
 
 def max_seconds(model) -> float:
-    """The longest clip this model generates in one go (see validation.max_generation_seconds)."""
+    """The longest clip this model generates in one go (see max_generation_seconds)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     fmt = audio_format(base)
     delay = max(codebook_delays(base.config.decoder.num_codebooks, fmt.channels))

@@ -133,6 +133,7 @@ def merge(existing: list[dict], new: list[dict], root: Path) -> list[dict]:
 
 def _check(args: CaptionArgs) -> None:
     from musicgen_lora.tools.music_tags import template_fields
+
     if not args.data.is_dir():
         raise ValueError(f"--data {args.data} is not a folder")
     if not 0 <= args.threshold <= 1:

@@ -54,6 +54,7 @@ def export(
     model is loaded at `revision`, default the one the adapter recorded (--model.revision).
     """
     from musicgen_lora.modeling.generate import base_of
+
     adapter, out = Path(adapter), Path(out).expanduser()
     config_path = adapter / "adapter_config.json"
     if not config_path.is_file():
@@ -148,6 +149,7 @@ def _save_merged(adapter: Path, base: str, out: Path, revision: str | None = Non
 def _base_config(base: str, revision: str | None = None):
     """The base model's config (no weights), or None when it cannot be read offline."""
     from musicgen_lora.modeling.model import TINY_MODEL
+
     if base == TINY_MODEL:
         from musicgen_lora.modeling.model import build_tiny_musicgen
 
@@ -194,6 +196,7 @@ def data_description(run_config: dict | None, model_config, base: str, cache_dir
 def license_text(base: str) -> tuple[str, str]:
     """(license id for the card's metadata, the sentence that explains it)."""
     from musicgen_lora.modeling.model import TINY_MODEL
+
     if base == TINY_MODEL:
         return "mit", (
             "The base is the random toy MusicGen built in code by `musicgen_lora.modeling.model.build_tiny_musicgen` "

@@ -97,6 +97,7 @@ class LoopsResult:
 def extract_loops(in_dir: Path, out_dir: Path, settings: LoopSettings = LoopSettings()) -> LoopsResult:
     """Cut loops from every audio file under `in_dir` into `out_dir` (idempotent; see module doc)."""
     from musicgen_lora.data.audio import AudioError, find_audio_files
+
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not in_dir.is_dir():
         raise FileNotFoundError(f"input folder {in_dir} does not exist")
@@ -162,6 +163,7 @@ def _output_stems(files: list[Path], in_dir: Path) -> dict[Path, str]:
 def _cut_file(path: Path, folder: Path, stem: str, base_caption: str, source: str, settings: LoopSettings) -> tuple[list[dict], int]:
     from musicgen_lora.data.audio import AudioError, decode
     from musicgen_lora.tools.beat_analysis import analyse, longest_silence, loudness_db, plan_loops
+
     audio, rate = decode(path)
     if not np.isfinite(audio).all():
         raise AudioError("contains NaN or Inf samples")

@@ -3,7 +3,7 @@
 
 Key: the mean chroma of the clip is correlated with the Krumhansl-Kessler major and minor
 profiles rotated to each of the 12 tonics; the best of the 24 is the key. Tempo: librosa's beat
-tracker, with the tempo fitted through the beat times (see `loops.analyse`), so a steady loop's
+tracker, with the tempo fitted through the beat times (see `beat_analysis.analyse`), so a steady loop's
 bpm is not rounded to the tracker's tempo grid.
 
 Tags: CLAP embeds the audio and one text prompt per candidate tag ("techno music", "the sound of

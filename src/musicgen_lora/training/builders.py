@@ -1,7 +1,8 @@
-"""The one place that turns config sections into objects (model, cache, data, optimizer, trackers).
+"""Configuration -> objects: the base model and its precision, LoRA, the optimizer and schedule,
+the generation evaluator, trackers and the saved adapter (the training data: `data_setup`).
 
-The building blocks (audio, tokens, data, collate, loss, model) take plain arguments; only this
-module reads config objects.
+The building blocks (data, modeling, evaluation) take plain arguments; only these two modules read
+config objects.
 """
 
 from __future__ import annotations
