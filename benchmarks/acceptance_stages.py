@@ -158,6 +158,7 @@ def summarize(work: Path, out_dir: Path) -> int:
         "train_fixed": _load(work / "bench" / "train_fixed.json"), "memory": _load(work / "bench" / "memory.json"),
         "fp16": _load(work / "fp16_check.json"), "generation": _load(work / "rtf.json"),
         "train_loops": _load(work / "bench" / "train_loops.json"), "meta": _load(work / "meta.json"),
+        "train_compile": _load(work / "bench" / "train_compile.json"),
     }
     md = ["# GPU acceptance", ""]
     meta, env_record = results["meta"] or {}, results["env"] or {}
@@ -171,7 +172,7 @@ def summarize(work: Path, out_dir: Path) -> int:
                f"Matmul ({env_record['matmul']['dtype']} {env_record['matmul']['n']}^3, median): "
                f"{env_record['matmul']['tflops_median']:.1f} TFLOP/s"]
     for key, title in (("train_fixed", "Training, fixed clips"), ("memory", "Peak memory, ours vs gradient checkpointing"),
-                       ("train_loops", "Training, loop folder")):
+                       ("train_loops", "Training, loop folder"), ("train_compile", "Training, torch.compile of the decoder")):
         report = results[key]
         if report:
             args = report["meta"]["args"]

@@ -81,7 +81,7 @@ else
     STEPS=(--steps 8 --warmup 3 --rounds 1); MEM_STEPS=(--steps 2 --warmup 1 --rounds 1); LOOP_STEPS=(--steps 4 --warmup 2 --rounds 1)
     LOOPS=(--batch-size 8 --window-seconds 10 --clips 16)
     SMOKE_EXTRA=()
-    RTF=(--arch small --seconds 10 --batch-sizes 1 4)
+    RTF=(--arch small --seconds 4 --batch-sizes 1 4)
 fi
 # fp16 autocast needs a GPU; the CPU dry run checks the same entry-point path in bf16.
 FP16=$([[ $DEVICE == cuda ]] && echo fp16 || echo bf16)
@@ -128,11 +128,14 @@ run_stage memory 120 "$PY" "${BENCH[@]}" "${TRAIN_SHAPE[@]}" "${MEM_STEPS[@]}" -
 run_stage fp16 120 "$PY" experiments/01_baseline.py --smoke --train.mixed-precision "$FP16" --train.max-steps 6 \
     --train.eval-every 1000 --train.checkpoint-every 1000 --train.log-every 1 --output-dir "$RUNS/fp16"
 run_stage fp16_check 30 "$PY" benchmarks/acceptance_stages.py check-run "$RUNS/fp16" "$WORK/fp16_check.json"
-# f. generation real-time factor, LoRA adapter unmerged and merged
-run_stage generate_rtf 120 "$PY" benchmarks/generate_rtf.py --device "$DEVICE" "${RTF[@]}" --out "$WORK/rtf.json"
-# g. (if time is left) a loop folder of 2-30 s clips: the peer pads each batch to its longest loop
+# f. a loop folder of 2-30 s clips: the peer pads each batch to its longest loop
 run_stage train_loops 150 "$PY" "${BENCH[@]}" --regime loops "${LOOPS[@]}" "${LOOP_STEPS[@]}" \
     --arms ours peer peer_lean --name train_loops
+# g. generation real-time factor, LoRA adapter unmerged and merged
+run_stage generate_rtf 120 "$PY" benchmarks/generate_rtf.py --device "$DEVICE" "${RTF[@]}" --out "$WORK/rtf.json"
+# h. (if time is left) what torch.compile of the decoder buys towards the MFU target; its own stage
+# because a compile failure (no compiler or headers on the machine) must not cost the other numbers
+run_stage train_compile 180 "$PY" "${BENCH[@]}" "${TRAIN_SHAPE[@]}" "${STEPS[@]}" --arms ours compile --name train_compile
 
 printf '{"mode": "%s", "device": "%s", "quick": %s, "budget_s": %s, "total_s": %s, "python": "%s", "fp16_precision": "%s"}\n' \
     "$([[ $QUICK == 1 ]] && echo quick || echo full)" "$DEVICE" "$([[ $QUICK == 1 ]] && echo true || echo false)" \
