@@ -105,10 +105,10 @@ def check_cache_identity(cache_dir: Path, identity: dict) -> None:
     if not path.exists():
         return
     stored = json.loads(path.read_text())
-    differences = [
-        f"{key}: cache has {stored.get(key)!r}, model needs {value!r}"
-        for key, value in identity.items()
-        if stored.get(key) != value and key not in RE_ENCODABLE
+    differences = [  # both ways: a key only one side has (chroma, preprocessing) differs too
+        f"{key}: cache has {stored.get(key)!r}, model needs {identity.get(key)!r}"
+        for key in dict.fromkeys([*identity, *stored])
+        if stored.get(key) != identity.get(key) and key not in RE_ENCODABLE
     ]
     if differences:
         raise CacheMismatchError(

@@ -128,8 +128,14 @@ def _record_export(out: Path) -> None:
 
 def _save_merged(adapter: Path, base: str, out: Path, revision: str | None = None):
     """Base + adapter with the LoRA update merged into the weights, saved as a plain MusicGen."""
-    from transformers import EncodecFeatureExtractor, MusicgenProcessor
+    from transformers import (
+        EncodecFeatureExtractor,
+        MusicgenMelodyFeatureExtractor,
+        MusicgenMelodyProcessor,
+        MusicgenProcessor,
+    )
 
+    from musicgen_lora.modeling.families import is_melody
     from musicgen_lora.modeling.generate import load_with_adapter
     from musicgen_lora.modeling.model import audio_format
 
@@ -137,9 +143,12 @@ def _save_merged(adapter: Path, base: str, out: Path, revision: str | None = Non
     merged = model.merge_and_unload()
     merged.save_pretrained(out)  # safetensors + config.json + generation_config.json
     fmt = audio_format(merged)
-    extractor = EncodecFeatureExtractor(feature_size=fmt.channels, sampling_rate=fmt.sample_rate)
+    if is_melody(merged):  # the melody models' processor reads the chroma of a melody file
+        extractor, processor = MusicgenMelodyFeatureExtractor(sampling_rate=fmt.sample_rate), MusicgenMelodyProcessor
+    else:
+        extractor, processor = EncodecFeatureExtractor(feature_size=fmt.channels, sampling_rate=fmt.sample_rate), MusicgenProcessor
     try:
-        MusicgenProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
+        processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
     except (TypeError, ValueError):  # a tokenizer class the processor does not accept
         tokenizer.save_pretrained(out)
         extractor.save_pretrained(out)
@@ -148,16 +157,16 @@ def _save_merged(adapter: Path, base: str, out: Path, revision: str | None = Non
 
 def _base_config(base: str, revision: str | None = None):
     """The base model's config (no weights), or None when it cannot be read offline."""
-    from musicgen_lora.modeling.model import TINY_MODEL
+    from musicgen_lora.modeling.model import is_tiny
 
-    if base == TINY_MODEL:
+    if is_tiny(base):
         from musicgen_lora.modeling.model import build_tiny_musicgen
 
-        return build_tiny_musicgen().config
-    from transformers import MusicgenConfig
+        return build_tiny_musicgen(name=base).config
+    from transformers import AutoConfig
 
-    try:
-        return MusicgenConfig.from_pretrained(base, revision=revision, local_files_only=True)
+    try:  # MusicgenConfig or MusicgenMelodyConfig, as the checkpoint says
+        return AutoConfig.from_pretrained(base, revision=revision, local_files_only=True)
     except (OSError, ValueError):
         return None
 
@@ -195,9 +204,9 @@ def data_description(run_config: dict | None, model_config, base: str, cache_dir
 
 def license_text(base: str) -> tuple[str, str]:
     """(license id for the card's metadata, the sentence that explains it)."""
-    from musicgen_lora.modeling.model import TINY_MODEL
+    from musicgen_lora.modeling.model import is_tiny
 
-    if base == TINY_MODEL:
+    if is_tiny(base):
         return "mit", (
             "The base is the random toy MusicGen built in code by `musicgen_lora.modeling.model.build_tiny_musicgen` "
             "(no pretrained weights; for tests and demos only), so no third-party weights license applies. "

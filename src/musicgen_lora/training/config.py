@@ -92,7 +92,7 @@ class LoraSettings:
     """Dropout on the LoRA input."""
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
     """Decoder module names to adapt (matched as suffixes; e.g. fc1 fc2 embed_tokens lm_heads).
-    Default: the self- and cross-attention projections."""
+    Default: the self- and cross-attention projections (melody models have no cross-attention)."""
 
 
 @dataclass(frozen=True)
