@@ -79,7 +79,9 @@ def export(
                     shutil.copy2(adapter / name, out / name)  # byte-identical: the adapter as trained
             model_config = _base_config(base, revision)
         data = data_description(run_config, model_config, base, cache_dir)
-        (out / "README.md").write_text(model_card(base, merged=merge, run_config=run_config, data=data, revision=revision))
+        card = model_card(base, merged=merge, run_config=run_config, data=data, revision=revision,
+                          architecture=_architecture(model_config))
+        (out / "README.md").write_text(card)
     finally:  # even a failed export lists what it wrote, so --overwrite can replace it
         _record_export(out)
     return out
@@ -155,6 +157,13 @@ def _save_merged(adapter: Path, base: str, out: Path, revision: str | None = Non
     return merged.config
 
 
+def _architecture(model_config) -> str:
+    """The transformers class of the base (MusicGen or MusicGen-Melody) for the card's usage code."""
+    from musicgen_lora.modeling.families import FAMILIES, MUSICGEN
+
+    return FAMILIES.get(getattr(model_config, "model_type", None), MUSICGEN).architecture
+
+
 def _base_config(base: str, revision: str | None = None):
     """The base model's config (no weights), or None when it cannot be read offline."""
     from musicgen_lora.modeling.model import is_tiny
@@ -220,7 +229,8 @@ def license_text(base: str) -> tuple[str, str]:
     )
 
 
-def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict, revision: str | None = None) -> str:
+def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict, revision: str | None = None,
+               architecture: str = "MusicgenForConditionalGeneration") -> str:
     license_id, license_sentence = license_text(base)
     kind = "MusicGen with a LoRA adapter merged into its weights" if merged else "LoRA adapter (PEFT) for MusicGen"
     lines = [
@@ -257,8 +267,8 @@ def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict, 
     lines += ["", "## Usage", "", "```python"]
     if merged:
         lines += [
-            "from transformers import AutoProcessor, MusicgenForConditionalGeneration",
-            "model = MusicgenForConditionalGeneration.from_pretrained(\"PATH\")",
+            f"from transformers import AutoProcessor, {architecture}",
+            f"model = {architecture}.from_pretrained(\"PATH\")",
             "processor = AutoProcessor.from_pretrained(\"PATH\")",
             "inputs = processor(text=[\"a drum loop\"], padding=True, return_tensors=\"pt\")",
             "audio = model.generate(**inputs, max_new_tokens=256)",
@@ -267,8 +277,8 @@ def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict, 
         lines += [
             "# uv run musicgen-lora generate --adapter PATH --prompt \"a drum loop\" --out loop.wav",
             "from peft import PeftModel",
-            "from transformers import MusicgenForConditionalGeneration",
-            f"base = MusicgenForConditionalGeneration.from_pretrained(\"{base}\"" + (f", revision=\"{revision}\")" if revision else ")"),
+            f"from transformers import {architecture}",
+            f"base = {architecture}.from_pretrained(\"{base}\"" + (f", revision=\"{revision}\")" if revision else ")"),
             "model = PeftModel.from_pretrained(base, \"PATH\")",
         ]
     lines += ["```", ""]
