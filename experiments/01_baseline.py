@@ -7,6 +7,7 @@ loss well below the base model within a few thousand steps, and samples move tow
 Run:
     uv run experiments/01_baseline.py --data.path ~/loops          # your audio, musicgen-small
     uv run experiments/01_baseline.py --smoke                      # offline CPU demo, ~1 minute
+    uv run experiments/01_baseline.py --smoke --model.name tiny-melody   # the same with MusicGen-Melody
     uv run experiments/01_baseline.py --help                       # every option
 """
 

@@ -1,7 +1,8 @@
 """The data pipeline, from audio files to training windows: decoding and resampling (`audio`),
 captions and metadata (`captions`), Hugging Face datasets input (`hf_datasets`), EnCodec encoding in
-blocks (`encoding`) into the on-disk token cache (`tokens`), listening groups and the held-out split
-(`groups`), windows over cached codes (`windows`), percussive emphasis and the built-in demo loops.
+blocks (`encoding`) into the on-disk token cache (`tokens`), the chroma of melody models (`chroma`),
+listening groups and the held-out split (`groups`), windows over cached codes (`windows`),
+percussive emphasis and the built-in demo loops.
 
 Imports: the standard library, numpy/torch/audio libraries, `musicgen_lora.helpers` and
 `musicgen_lora.modeling` (the codec and the collate layout). Never training, tracking, evaluation,

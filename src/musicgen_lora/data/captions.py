@@ -1,7 +1,8 @@
 """Captions for audio files: metadata.csv / metadata.jsonl (the audiofolder convention) + a fallback.
 
 A metadata file may sit in any folder; its `file_name` column is relative to that folder, its
-`text` column is the caption. Files without a caption get a caption from a template, and every
+`text` column is the caption; an optional `condition_file` column pairs a clip with the audio whose
+melody conditions it (melody models only). Files without a caption get a caption from a template, and every
 such case is reported: nothing falls back silently to a dummy prompt.
 
 Metadata is written by people and spreadsheets, so reading it never crashes on one bad row: a
@@ -28,6 +29,9 @@ MAX_LISTED = 10
 MAX_NAME_BYTES = 255
 """Longest file name component most file systems accept; a longer one cannot name a real file."""
 MAX_PATH_BYTES = 4096
+CONDITION_COLUMN = "condition_file"
+"""Metadata column naming a clip's paired conditioning audio for melody models (relative to the
+metadata file, as `file_name`), e.g. the accompaniment for a vocals clip."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ def read_metadata_rows(root: Path) -> tuple[dict[Path, dict], list[MetadataProbl
                     problems.append(MetadataProblem(metadata, line, reason))
                     continue
                 first_line[path] = f"{metadata.name}:{line}"
-                rows[path] = row
+                rows[path] = _resolve_condition(metadata, row)
     problems.sort(key=lambda problem: (str(problem.metadata), problem.line or 0))
     return rows, problems
 
@@ -80,6 +84,14 @@ def read_metadata(root: Path) -> tuple[dict[Path, str], list[MetadataProblem]]:
     """Captions by resolved file path from every metadata file under `root`, plus the problems."""
     rows, problems = read_metadata_rows(root)
     return {path: row["text"].strip() for path, row in rows.items()}, problems
+
+
+def _resolve_condition(metadata: Path, row: dict) -> dict:
+    """The row with its `condition_file` (when a non-empty string) resolved like `file_name`."""
+    name = row.get(CONDITION_COLUMN)
+    if not isinstance(name, str) or not name.strip() or "\0" in name:
+        return row
+    return {**row, CONDITION_COLUMN: os.path.realpath(metadata.parent / name.strip())}
 
 
 def _read_csv(metadata: Path, problems: list[MetadataProblem]) -> list[Row]:
@@ -171,6 +183,23 @@ def _row_problem(metadata: Path, row: object) -> tuple[str | None, Path | None]:
     if not exists:
         return f"names missing file {file_name!r}", None
     return None, path
+
+
+def condition_files(root: Path) -> dict[Path, Path | str]:
+    """By resolved audio path: its `condition_file`, resolved, or why that file cannot be used.
+    Rows without the column (or with it empty) are absent: their clips condition on themselves."""
+    rows, _ = read_metadata_rows(root)  # the rows' own problems are reported with the captions
+    conditions: dict[Path, Path | str] = {}
+    for path, row in rows.items():
+        name = row.get(CONDITION_COLUMN)
+        if name is None or (isinstance(name, str) and not name.strip()):
+            continue
+        if not isinstance(name, str) or "\0" in name:
+            conditions[path] = f"{CONDITION_COLUMN} must be a file name, got {json.dumps(name)[:40]}"
+            continue
+        condition = Path(name)  # read_metadata_rows resolved it against its metadata file's folder
+        conditions[path] = condition if condition.is_file() else f"{CONDITION_COLUMN} names missing file {name!r}"
+    return conditions
 
 
 def fallback_caption(path: Path, root: Path, template: str) -> str:

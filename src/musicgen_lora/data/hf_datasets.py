@@ -28,6 +28,7 @@ import soundfile
 
 from musicgen_lora.data.audio import AUDIO_EXTENSIONS, AudioError, condition, find_audio_files
 from musicgen_lora.data.captions import read_metadata
+from musicgen_lora.data.chroma import ChromaSettings, chroma_bins
 from musicgen_lora.data.encoding import chunk_settings, encode_blocks
 from musicgen_lora.data.tokens import (
     CacheEntry,
@@ -226,15 +227,17 @@ def prepare_dataset_cache(
     caption_template: str = "{folder} loop",
     batch_size: int = 8,
     preprocessing: dict | None = None,
+    chroma: ChromaSettings | None = None,
 ) -> PrepareResult:
     """Encode every example the cache lacks (same layout and keys as a folder cache) and write the
-    manifest, each entry with its origin_split. Raises DatasetSourceError or NoUsableAudioError."""
+    manifest, each entry with its origin_split. `chroma` (melody models): each example's own chroma
+    is stored with its codes. Raises DatasetSourceError or NoUsableAudioError."""
     from filelock import FileLock
 
     del batch_size  # kept for callers: each example is encoded alone, in chunks (see encoding.py)
     splits = load_splits(name, split)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    identity = cache_identity(codec_id, fmt, preprocessing)
+    identity = cache_identity(codec_id, fmt, preprocessing, chroma)
     check_cache_identity(cache_dir, identity)
     with FileLock(str(cache_dir / ".lock")):
         atomic_write_json(cache_dir / "cache.json", identity)
@@ -251,7 +254,8 @@ def prepare_dataset_cache(
                     skipped.append({"source": example.source, "reason": str(error)})
                     continue
                 # Alone and in chunks, as folder files are: codes never depend on other examples.
-                write_codes(code_file, encode(audio), example.content_sha256, example.caption)
+                bins = None if chroma is None else chroma_bins(audio, chroma)
+                write_codes(code_file, encode(audio), example.content_sha256, example.caption, bins)
                 encoded += 1
             entries.append(CacheEntry(example.source, example.content_sha256, key, example.caption,
                                       code_frames(code_file), example.split))

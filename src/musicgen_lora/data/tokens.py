@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -27,9 +27,17 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from musicgen_lora.data.audio import AudioError, find_audio_files, source_duration, stream_audio
-from musicgen_lora.data.captions import MetadataProblem, caption_files, fallback_warning
-from musicgen_lora.data.encoding import Encoder, chunk_settings, encode_blocks
+from musicgen_lora.data.audio import AudioError, find_audio_files, source_duration
+from musicgen_lora.data.captions import (
+    MetadataProblem,
+    caption_files,
+    condition_files,
+    fallback_warning,
+)
+from musicgen_lora.data.chroma import ChromaSettings
+from musicgen_lora.data.encoding import CacheMismatchError as CacheMismatchError
+from musicgen_lora.data.encoding import Encoder, chunk_settings, file_encoder
+from musicgen_lora.data.encoding import codec_encoder as codec_encoder
 from musicgen_lora.data.groups import file_groups
 from musicgen_lora.helpers import atomic_write_bytes, atomic_write_json, file_sha256
 from musicgen_lora.modeling.model import AudioFormat
@@ -38,10 +46,6 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
 """2: files encoded alone in overlapping chunks; loops tiled in audio before encoding."""
-
-
-class CacheMismatchError(RuntimeError):
-    """The cache was encoded for another codec or audio format than the model's."""
 
 
 class NoUsableAudioError(RuntimeError):
@@ -59,6 +63,7 @@ class CacheEntry:
     """The dataset split an example came from (Hugging Face datasets only; None in folder caches,
     and in caches written before the field existed)."""
     group: str = ""  # files of one source share it ("": the file alone); absent from older manifests
+    condition: str | None = None  # melody models: the paired conditioning file (None: the clip itself)
 
 
 @dataclass(frozen=True)
@@ -79,11 +84,13 @@ class PrepareResult:
         )
 
 
-def cache_identity(codec_id: str, fmt: AudioFormat, preprocessing: dict | None = None) -> dict:
+def cache_identity(codec_id: str, fmt: AudioFormat, preprocessing: dict | None = None, chroma: ChromaSettings | None = None) -> dict:
     identity = {"version": CACHE_VERSION, "codec_id": codec_id, **asdict(fmt)}
     identity["encoding"] = chunk_settings(fmt.sample_rate, fmt.hop_length)
     if preprocessing:  # only when set: caches made without preprocessing keep their keys
         identity["preprocessing"] = preprocessing
+    if chroma is not None:  # melody models: codes + chroma; never mixed with a codes-only cache
+        identity["chroma"] = chroma.identity()
     return identity
 
 
@@ -98,10 +105,10 @@ def check_cache_identity(cache_dir: Path, identity: dict) -> None:
     if not path.exists():
         return
     stored = json.loads(path.read_text())
-    differences = [
-        f"{key}: cache has {stored.get(key)!r}, model needs {value!r}"
-        for key, value in identity.items()
-        if stored.get(key) != value and key not in RE_ENCODABLE
+    differences = [  # both ways: a key only one side has (chroma, preprocessing) differs too
+        f"{key}: cache has {stored.get(key)!r}, model needs {identity.get(key)!r}"
+        for key in dict.fromkeys([*identity, *stored])
+        if stored.get(key) != identity.get(key) and key not in RE_ENCODABLE
     ]
     if differences:
         raise CacheMismatchError(
@@ -111,8 +118,10 @@ def check_cache_identity(cache_dir: Path, identity: dict) -> None:
         )
 
 
-def entry_key(content_sha256: str, identity: dict, tile_seconds: float | None = None) -> str:
+def entry_key(content_sha256: str, identity: dict, tile_seconds: float | None = None, condition_sha256: str | None = None) -> str:
     extra = {"tile_seconds": tile_seconds} if tile_seconds else {}  # only tiled loops depend on it
+    if condition_sha256:  # a clip whose chroma comes from a paired conditioning file
+        extra["condition"] = condition_sha256
     blob = json.dumps({"content": content_sha256, **identity, **extra}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -130,6 +139,7 @@ def prepare_cache(
     preprocessing: dict | None = None,
     tile_seconds: float | None = None,
     group_by: str = "auto",
+    chroma: ChromaSettings | None = None,
 ) -> PrepareResult:
     """Encode every usable audio file under `data_dir` that the cache lacks; write the manifest.
 
@@ -139,6 +149,9 @@ def prepare_cache(
     windows of that length: seam-exact codes); their keys include it. None: no tiling.
     `group_by`: how files are grouped by source for the held-out split (see groups.py); the group is
     in the manifest, not the key, so changing the rule re-encodes nothing.
+    `chroma`: melody models: the chroma of each file (or of its metadata `condition_file`, whose
+    hash is then in the key; files named as conditions are not training clips) is stored with its
+    codes (see chroma.py); part of the identity, so a codes-only cache is never reused.
     `batch_size` is kept for callers but changes nothing: each file is encoded alone, in chunks
     (musicgen_lora.data.encoding), so its codes never depend on other files or on batching.
 
@@ -152,15 +165,15 @@ def prepare_cache(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist")
-    identity = cache_identity(codec_id, fmt, preprocessing)
+    identity = cache_identity(codec_id, fmt, preprocessing, chroma)
     check_cache_identity(cache_dir, identity)
-    plan = plan_files(data_dir, identity, caption_template, use_metadata, tile_seconds, group_by)
+    plan = plan_files(data_dir, identity, caption_template, use_metadata, tile_seconds, group_by, chroma is not None)
     done = complete_result(cache_dir, identity, plan)
     if done is None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(cache_dir / ".lock")):
             atomic_write_json(cache_dir / "cache.json", identity)
-            done = _prepare_locked(cache_dir, identity, plan, file_encoder(encoder, fmt))
+            done = _prepare_locked(cache_dir, identity, plan, file_encoder(encoder, fmt, chroma))
     entries, skipped, encoded = done
     return _finish(data_dir, cache_dir, plan, entries, skipped, encoded, caption_template, use_metadata)
 
@@ -191,6 +204,8 @@ class Planned:
     caption: str
     key: str
     tile_seconds: float | None
+    condition: Path | None = None  # melody: the paired conditioning file
+    condition_source: str | None = None  # ... as the manifest names it
 
 
 @dataclass(frozen=True)
@@ -209,10 +224,15 @@ def _with_groups(entries: list, plan: Plan) -> list:
 
 
 def plan_files(data_dir: Path, identity: dict, caption_template: str, use_metadata: bool, tile_seconds,
-               group_by: str = "auto") -> Plan:
-    """Hash and caption every audio file (reads the data folder only; writes nothing)."""
+               group_by: str = "auto", melody: bool = False) -> Plan:
+    """Hash and caption every audio file (reads the data folder only; writes nothing). `melody`:
+    pair files with their metadata `condition_file`s, which are conditions only, not clips."""
+    conditions = condition_files(data_dir) if melody and use_metadata else {}
+    condition_only = {value for value in conditions.values() if isinstance(value, Path)}
     files, skipped = [], []
     for path in find_audio_files(data_dir):
+        if Path(os.path.realpath(path)) in condition_only:
+            continue
         problem = _not_a_file(path)
         if problem:
             skipped.append({"source": path.relative_to(data_dir).as_posix(), "reason": problem})
@@ -229,11 +249,26 @@ def plan_files(data_dir: Path, identity: dict, caption_template: str, use_metada
             continue
         duration = source_duration(path) if tile_seconds else None
         tile = tile_seconds if duration is not None and duration < tile_seconds else None
-        planned.append(Planned(path, source, sha, captions[path], entry_key(sha, identity, tile), tile))
+        condition = conditions.get(Path(os.path.realpath(path)))
+        try:
+            condition_sha = file_sha256(condition) if isinstance(condition, Path) else None
+        except OSError as error:
+            condition = f"condition_file unreadable: {error.strerror or error}"
+        if isinstance(condition, str):  # a clip without its melody cannot train a melody model
+            skipped.append({"source": source, "reason": condition})
+            continue
+        named = _relative(condition, data_dir) if condition else None
+        planned.append(Planned(path, source, sha, captions[path], entry_key(sha, identity, tile, condition_sha), tile,
+                               condition, named))
     uncaptioned = {path.relative_to(data_dir).as_posix() for path in fallback}
     groups = {path.relative_to(data_dir).as_posix(): group for path, group in file_groups(files, data_dir, group_by).items()}
     metadata_skipped = [w.record(data_dir) for w in warnings if isinstance(w, MetadataProblem)]
     return Plan(planned, skipped, warnings, uncaptioned, len(files), groups, metadata_skipped)
+
+
+def _relative(path: Path, root: Path) -> str:
+    resolved = Path(os.path.realpath(root))
+    return path.relative_to(resolved).as_posix() if path.is_relative_to(resolved) else str(path)
 
 
 def complete_result(cache_dir: Path, identity: dict, plan: Plan):
@@ -278,7 +313,8 @@ def _prepare_locked(cache_dir: Path, identity: dict, plan: Plan, encode_file):
     for item in plan.files:
         code_file = cache_dir / "codes" / f"{item.key}.npz"
         if code_file.exists():
-            entries.append(CacheEntry(item.source, item.sha, item.key, item.caption, code_frames(code_file)))
+            entries.append(CacheEntry(item.source, item.sha, item.key, item.caption, code_frames(code_file),
+                                      condition=item.condition_source))
         else:
             pending[item.key].append(item)
     encoded = _encode_pending(pending, cache_dir, encode_file, entries, skipped)
@@ -302,24 +338,13 @@ def code_frames(code_file: Path) -> int:
         return int(stored["codes"].shape[-1])
 
 
-def file_encoder(encoder: Encoder, fmt: AudioFormat) -> Callable[[Path, float | None], np.ndarray]:
-    """(path, tile_seconds) -> int16 codes (K, T): streamed decode, chunked encode, bounded memory."""
-    chunking = chunk_settings(fmt.sample_rate, fmt.hop_length)
-
-    def encode_file(path: Path, tile_seconds: float | None) -> np.ndarray:
-        blocks = stream_audio(path, fmt.sample_rate, fmt.channels, min_samples=fmt.hop_length, tile_seconds=tile_seconds)
-        return encode_blocks(blocks, encoder, fmt.hop_length, **chunking)
-
-    return encode_file
-
-
 def _encode_pending(pending, cache_dir, encode_file, entries, skipped) -> int:
     """Encode the files the cache lacks, one at a time; a failing file is skipped, never fatal."""
     encoded = 0
     for key, copies in tqdm(pending.items(), desc="prepare: encode", unit="file", disable=None):
         first = copies[0]  # identical content is encoded once for all its copies
         try:
-            codes = encode_file(first.path, first.tile_seconds)
+            codes, chroma = encode_file(first.path, first.tile_seconds, first.condition)
         except CacheMismatchError:
             raise  # the codec does not fit the decoder: no file can succeed
         except AudioError as error:  # decided by the content: the hash lets a read-only re-run trust it
@@ -331,9 +356,10 @@ def _encode_pending(pending, cache_dir, encode_file, entries, skipped) -> int:
             skipped.extend({"source": c.source, "reason": reason} for c in copies)
             log.warning("%s: %s", first.source, reason)
             continue
-        write_codes(cache_dir / "codes" / f"{key}.npz", codes, first.sha, first.caption)
+        write_codes(cache_dir / "codes" / f"{key}.npz", codes, first.sha, first.caption, chroma)
         encoded += 1
-        entries.extend(CacheEntry(c.source, c.sha, key, c.caption, int(codes.shape[-1])) for c in copies)
+        entries.extend(CacheEntry(c.source, c.sha, key, c.caption, int(codes.shape[-1]), condition=c.condition_source)
+                       for c in copies)
     return encoded
 
 
@@ -342,11 +368,12 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def write_codes(path: Path, codes: np.ndarray, sha: str, caption: str) -> None:
+def write_codes(path: Path, codes: np.ndarray, sha: str, caption: str, chroma: np.ndarray | None = None) -> None:
     import io
 
     buffer = io.BytesIO()
-    np.savez(buffer, codes=codes.astype(np.int16), content_sha256=sha, caption=caption)
+    extra = {} if chroma is None else {"chroma": chroma.astype(np.uint8)}  # melody: one bin per chroma frame
+    np.savez(buffer, codes=codes.astype(np.int16), content_sha256=sha, caption=caption, **extra)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -361,20 +388,7 @@ def load_codes(cache_dir: Path, entry: CacheEntry) -> np.ndarray:
         return stored["codes"]
 
 
-def codec_encoder(audio_encoder, fmt: AudioFormat, device: torch.device) -> Encoder:
-    """Batched, gradient-free EnCodec encoding on `device`; stereo channels are encoded separately
-    and interleaved (L0, R0, L1, R1, ...), as MusicGen's stereo checkpoints expect."""
-
-    @torch.no_grad()
-    def encode(audio: torch.Tensor) -> torch.Tensor:
-        batch, channels, samples = audio.shape
-        flat = audio.reshape(batch * channels, 1, samples).to(device)
-        codes = audio_encoder.encode(flat, bandwidth=fmt.bandwidth).audio_codes[0]  # (B*C, q, T)
-        codes = codes.reshape(batch, channels, codes.shape[-2], codes.shape[-1])
-        # (B, C, q, T) -> (B, q, C, T) -> (B, q*C, T): codebook-major, channel-minor interleave
-        codes = codes.transpose(1, 2).reshape(batch, -1, codes.shape[-1])
-        if codes.shape[1] != fmt.num_codebooks:
-            raise CacheMismatchError(f"codec made {codes.shape[1]} codebooks; the decoder reads {fmt.num_codebooks}")
-        return codes.cpu()
-
-    return encode
+def load_chroma(cache_dir: Path, entry: CacheEntry) -> np.ndarray | None:
+    """The entry's chroma bins (melody caches), or None."""
+    with np.load(cache_dir / "codes" / f"{entry.key}.npz") as stored:
+        return stored["chroma"] if "chroma" in stored.files else None

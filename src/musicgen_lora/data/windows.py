@@ -1,6 +1,6 @@
 """Training examples: windows over cached codes, exact-resume order (the held-out split: groups.py).
 
-Every random choice (clip order, window offset, condition dropout) is a pure function of the run
+Every random choice (clip order, window offset, condition and melody dropout) is a pure function of the run
 seed and the example's global draw number, so a resumed run draws exactly the examples the
 uninterrupted run would have, whatever the number of processes or data workers.
 """
@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from musicgen_lora.data import PadMode
+from musicgen_lora.data.chroma import WindowChroma
 from musicgen_lora.data.groups import split_clips as split_clips  # the split lives with the groups
 from musicgen_lora.modeling.collate import Example
 
@@ -32,6 +33,7 @@ class Clip:
     source: str
     content_sha256: str
     group: str = ""  # files of one source share a group ("": the file alone); see groups.py
+    chroma: np.ndarray | None = None  # melody models: (frames,) chroma bins of the clip (see chroma.py)
 
 
 class DataConfigError(ValueError):
@@ -96,8 +98,12 @@ class TrainWindows(torch.utils.data.Dataset):
         condition_dropout: float,
         caption_override: str | None = None,
         silence_codes: np.ndarray | None = None,
+        chroma: WindowChroma | None = None,
+        chroma_dropout: float = 0.0,
     ):
         self.clips = clips
+        self.chroma = chroma
+        self.chroma_dropout = chroma_dropout
         self.frames = frames
         self.pad_mode = pad_mode
         self.special_token_id = special_token_id
@@ -125,14 +131,20 @@ class TrainWindows(torch.utils.data.Dataset):
             clip.codes, self.frames, offset, self.pad_mode, self.special_token_id, self.silence_codes
         )
         drop = bool(rng.random() < self.condition_dropout)
-        return Example(codes, valid, self.caption_override or clip.caption, drop)
+        if self.chroma is None:
+            return Example(codes, valid, self.caption_override or clip.caption, drop)
+        # Drawn after the caption's: the melody is dropped independently of the text.
+        drop_chroma = bool(rng.random() < self.chroma_dropout)
+        chroma = self.chroma(clip.chroma, clip.codes.shape[-1], self.frames, offset, self.pad_mode)
+        return Example(codes, valid, self.caption_override or clip.caption, drop, chroma, drop_chroma)
 
 
 class EvalWindows(torch.utils.data.Dataset):
     """Fixed held-out windows: consecutive windows covering each clip, no dropout; the same every
     evaluation, so validation losses are comparable across steps and runs."""
 
-    def __init__(self, clips, *, frames, pad_mode, special_token_id, caption_override=None, silence_codes=None, max_windows=64):
+    def __init__(self, clips, *, frames, pad_mode, special_token_id, caption_override=None, silence_codes=None, max_windows=64,
+                 chroma: WindowChroma | None = None):
         self.items: list[Example] = []
         for clip in clips:
             length = clip.codes.shape[-1]
@@ -140,7 +152,8 @@ class EvalWindows(torch.utils.data.Dataset):
                 codes, valid = window(clip.codes, frames, offset, pad_mode, special_token_id, silence_codes)
                 if pad_mode == "zero_pad_legacy":  # scored like `pad`: the padding is not the clip
                     valid = valid & (torch.arange(frames) < length - offset)
-                self.items.append(Example(codes, valid, caption_override or clip.caption, False))
+                melody = None if chroma is None else chroma(clip.chroma, length, frames, offset, pad_mode)
+                self.items.append(Example(codes, valid, caption_override or clip.caption, False, melody))
         self.items = self.items[:max_windows]
 
     def __len__(self) -> int:

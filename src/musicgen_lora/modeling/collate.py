@@ -64,6 +64,8 @@ class Example:
     valid: torch.Tensor  # (T,) bool, False where the window is padding
     caption: str
     drop_condition: bool  # classifier-free-guidance dropout, decided by the dataset's seeded RNG
+    chroma: torch.Tensor | None = None  # (F, num_chroma) one-hot melody of the window (melody models)
+    drop_chroma: bool = False  # melody dropout (the null chroma), drawn apart from the caption's
 
 
 class MusicgenCollator:
@@ -72,7 +74,8 @@ class MusicgenCollator:
     Condition dropout zeroes the caption's attention mask: MusicGen multiplies the (projected) text
     states by that mask, so a dropped row sees all-zero text states behind a fully masked cross
     attention, which is exactly the null condition `generate()` builds for guidance. The text encoder
-    itself always runs on the real mask, so a fully masked row never reaches its softmax.
+    itself always runs on the real mask, so a fully masked row never reaches its softmax. Windows of
+    a melody model carry their chroma, batched as `chroma` with `chroma_mask` (0: melody dropped).
     """
 
     def __init__(self, tokenizer, *, delays: Sequence[int], special_token_id: int, max_text_tokens: int = 256):
@@ -93,10 +96,14 @@ class MusicgenCollator:
         valid = torch.stack([example.valid for example in examples])
         decoder_input_ids, labels = delay_pattern_labels(codes, valid, self.delays, self.special_token_id)
         keep = torch.tensor([not example.drop_condition for example in examples])
-        return {
+        batch = {
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
             "condition_mask": keep.long(),
             "decoder_input_ids": decoder_input_ids,
             "labels": labels,
         }
+        if examples[0].chroma is not None:  # a melody model's windows: (B, F, num_chroma) + its dropout
+            batch["chroma"] = torch.stack([example.chroma for example in examples]).float()
+            batch["chroma_mask"] = torch.tensor([not example.drop_chroma for example in examples]).long()
+        return batch

@@ -1,11 +1,14 @@
-"""One teacher-forced MusicGen forward pass on a collated batch: text states -> decoder -> loss."""
+"""One teacher-forced MusicGen forward pass on a collated batch: text states (+ chroma for melody
+models) -> decoder -> loss."""
 
 from __future__ import annotations
 
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from musicgen_lora.modeling.families import is_melody
 from musicgen_lora.modeling.loss import codebook_cross_entropy
+from musicgen_lora.modeling.melody import condition_states
 
 
 class TextStateCache:
@@ -62,15 +65,22 @@ def text_states(model, batch: dict[str, torch.Tensor], cache: TextStateCache | N
 def forward_loss(model, batch: dict[str, torch.Tensor], cache: TextStateCache | None = None):
     """Loss and per-codebook statistics for one batch.
 
-    The condition mask zeroes dropped captions' cross-attention mask; MusicGen multiplies the text
-    states by that mask, giving the same null condition `generate()` uses for guidance.
+    The condition mask zeroes dropped captions' text states (MusicGen multiplies them by the mask),
+    giving the same null condition `generate()` uses for guidance. A melody model gets the chroma
+    and text prefix instead of cross-attention (`melody.condition_states`; the batch's chroma_mask
+    drops melodies), and the loss reads the logits of the audio positions only.
     """
     states = text_states(model, batch, cache)
-    cross_attention_mask = batch["attention_mask"] * batch["condition_mask"][:, None]
-    outputs = model(
-        encoder_outputs=BaseModelOutput(last_hidden_state=states),
-        attention_mask=cross_attention_mask,
-        decoder_input_ids=batch["decoder_input_ids"],
-        use_cache=False,
-    )
+    text_mask = batch["attention_mask"] * batch["condition_mask"][:, None]
+    if is_melody(getattr(model, "module", model)):
+        prefix = condition_states(getattr(model, "module", model), states, text_mask, batch.get("chroma"),
+                                  batch.get("chroma_mask"))
+        outputs = model(encoder_hidden_states=prefix, decoder_input_ids=batch["decoder_input_ids"], use_cache=False)
+    else:
+        outputs = model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=states),
+            attention_mask=text_mask,
+            decoder_input_ids=batch["decoder_input_ids"],
+            use_cache=False,
+        )
     return codebook_cross_entropy(outputs.logits, batch["labels"])

@@ -10,7 +10,9 @@ import soundfile
 import torch
 
 from musicgen_lora.modeling.collate import codebook_delays
+from musicgen_lora.modeling.families import family_of, is_melody
 from musicgen_lora.modeling.known_warnings import musicgen_warnings_silenced
+from musicgen_lora.modeling.melody import prefix_positions
 from musicgen_lora.modeling.model import audio_format, load_musicgen
 
 
@@ -32,8 +34,13 @@ def generate_audio(
     temperature: float = 1.0,
     seed: int = 0,
     greedy: bool = False,
+    melody=None,
 ) -> np.ndarray:
     """Audio (batch, channels, samples) float32 for `prompts`; greedy ignores top_k/temperature.
+
+    `melody` (melody models only): one-hot chroma features (frames, 12) for every prompt or
+    (prompts, frames, 12) one per prompt; None: the null melody (text only). A text-only model
+    refuses a melody rather than ignoring it.
 
     The RNG is seeded locally (and restored afterwards), so a seed gives the same audio every time
     without disturbing the caller's random state (training resumes stay exact).
@@ -43,6 +50,8 @@ def generate_audio(
     _, max_new_tokens = generation_length(seconds, fmt.frame_rate, base.config.decoder.num_codebooks, fmt.channels)
     device = next(model.parameters()).device
     inputs = tokenizer(prompts, padding=True, return_tensors="pt").to(device)
+    if melody is not None:
+        inputs["input_features"] = melody_features(base, melody, len(prompts)).to(device)
     was_training = model.training
     model.eval()
     devices = [device] if device.type == "cuda" else []
@@ -59,6 +68,18 @@ def generate_audio(
     model.train(was_training)
     samples = round(seconds * fmt.sample_rate)
     return audio[..., :samples].float().cpu().numpy()
+
+
+def melody_features(model, melody, count: int) -> torch.Tensor:
+    """(count, frames, num_chroma) chroma for generate's `input_features`, checked against the model."""
+    if not is_melody(model):
+        raise ValueError(f"{family_of(model).architecture} has no melody input: a melody needs a MusicGen-Melody "
+                         "model (model_type musicgen_melody, e.g. facebook/musicgen-melody)")
+    features = torch.as_tensor(melody, dtype=torch.float32)
+    features = features.expand(count, *features.shape) if features.dim() == 2 else features
+    if features.shape[0] != count or features.shape[-1] != model.config.num_chroma:
+        raise ValueError(f"melody of shape {tuple(features.shape)} for {count} prompts and {model.config.num_chroma} chroma bins")
+    return features
 
 
 def base_of(adapter: Path, model_name: str | None = None, revision: str | None = None) -> tuple[str, str | None]:
@@ -98,7 +119,9 @@ def max_seconds(model) -> float:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     fmt = audio_format(base)
     delay = max(codebook_delays(base.config.decoder.num_codebooks, fmt.channels))
-    return max_generation_seconds(base.config.decoder.max_position_embeddings, fmt.frame_rate, delay)
+    # A melody model's decoder also holds the chroma prefix (the prompt's text tokens come on top).
+    positions = base.config.decoder.max_position_embeddings - prefix_positions(base)
+    return max_generation_seconds(positions, fmt.frame_rate, delay)
 
 
 def max_generation_seconds(max_positions: int, frame_rate: int, max_delay: int) -> float:

@@ -1,4 +1,5 @@
-"""Load, configure, freeze and LoRA-wrap MusicGen; build the tiny offline MusicGen for tests.
+"""Load, configure, freeze and LoRA-wrap MusicGen and MusicGen-Melody (the class: `families`; the
+tiny offline models of the tests: `tiny`, re-exported here).
 
 Everything here takes plain arguments; `musicgen_lora.training.builders` turns config sections into calls.
 """
@@ -12,30 +13,24 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlsplit
 
 import torch
-from transformers import (
-    AutoTokenizer,
-    ByT5Tokenizer,
-    EncodecConfig,
-    GenerationConfig,
-    MusicgenConfig,
-    MusicgenDecoderConfig,
-    MusicgenForConditionalGeneration,
-    PreTrainedTokenizerBase,
-    T5Config,
-)
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from musicgen_lora.modeling.families import ModelLoadError as ModelLoadError
+from musicgen_lora.modeling.families import configure_special_tokens as configure_special_tokens
+from musicgen_lora.modeling.families import family_of, load_checked, read_family
 from musicgen_lora.modeling.known_warnings import musicgen_warnings_silenced
-
-TINY_MODEL = "tiny"
-"""Name of the random tiny MusicGen built in code: no download, runs every code path on CPU."""
-
-
-class ModelLoadError(RuntimeError):
-    """The base model could not be loaded; the message says what to change."""
+from musicgen_lora.modeling.tiny import RANDOM_ARCHITECTURES as RANDOM_ARCHITECTURES
+from musicgen_lora.modeling.tiny import TINY_MODEL as TINY_MODEL
+from musicgen_lora.modeling.tiny import TINY_MODELS as TINY_MODELS
+from musicgen_lora.modeling.tiny import build_random_musicgen as build_random_musicgen
+from musicgen_lora.modeling.tiny import build_tiny_musicgen as build_tiny_musicgen
+from musicgen_lora.modeling.tiny import is_tiny as is_tiny
+from musicgen_lora.modeling.tiny import small_musicgen_config as small_musicgen_config
+from musicgen_lora.modeling.tiny import tiny_musicgen_config as tiny_musicgen_config
+from musicgen_lora.modeling.tiny import tiny_tokenizer as tiny_tokenizer
 
 
 class LoraTargetError(ValueError):
@@ -60,136 +55,22 @@ class AudioFormat:
         return self.codebook_size
 
 
-def tiny_musicgen_config() -> MusicgenConfig:
-    """The real MusicGen architecture at toy size: 32 kHz, 50 Hz frames, 4 codebooks.
-
-    The codec is coherent with the decoder (codebook size == decoder vocab, 4 quantizers at the
-    2.2 kbps bandwidth), so encode -> train -> generate -> decode runs exactly as on the real model.
-    """
-    text_encoder = T5Config(
-        vocab_size=384,  # ByT5's byte vocabulary: the offline tokenizer needs no files
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=1,
-        num_heads=4,
-        feed_forward_proj="relu",
-        decoder_start_token_id=0,
-    )
-    audio_encoder = EncodecConfig(
-        sampling_rate=32000,
-        audio_channels=1,
-        num_filters=4,
-        hidden_size=16,
-        codebook_dim=16,
-        codebook_size=2048,
-        upsampling_ratios=[8, 5, 4, 4],  # hop 640 -> 50 frames per second, as musicgen-small
-        target_bandwidths=[2.2],  # 2.2 kbps / (50 Hz * 11 bits) = 4 quantizers
-        num_residual_layers=1,
-        num_lstm_layers=1,
-        use_causal_conv=False,
-        normalize=False,
-    )
-    decoder = MusicgenDecoderConfig(
-        vocab_size=2048,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        ffn_dim=128,
-        num_codebooks=4,
-        max_position_embeddings=4096,
-        dropout=0.0,
-    )
-    return MusicgenConfig(text_encoder=text_encoder, audio_encoder=audio_encoder, decoder=decoder)
-
-
-def small_musicgen_config() -> MusicgenConfig:
-    """facebook/musicgen-small's architecture (T5-base, EnCodec 32 kHz, 24-layer 1024-wide decoder),
-    written out so speed and memory can be measured with random weights and no download."""
-    text_encoder = T5Config(
-        vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
-        feed_forward_proj="relu", relative_attention_num_buckets=32, decoder_start_token_id=0,
-    )
-    audio_encoder = EncodecConfig(
-        sampling_rate=32000, audio_channels=1, num_filters=64, hidden_size=128, codebook_dim=128,
-        codebook_size=2048, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[2.2],
-        num_residual_layers=1, num_lstm_layers=2, use_causal_conv=False, normalize=False,
-        compress=2, kernel_size=7, last_kernel_size=7, residual_kernel_size=3, dilation_growth_rate=2,
-    )
-    decoder = MusicgenDecoderConfig(
-        vocab_size=2048, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096,
-        num_codebooks=4, max_position_embeddings=2048, dropout=0.1, activation_function="gelu",
-    )
-    return MusicgenConfig(text_encoder=text_encoder, audio_encoder=audio_encoder, decoder=decoder)
-
-
-RANDOM_ARCHITECTURES = {"tiny": tiny_musicgen_config, "small": small_musicgen_config}
-"""Architectures `build_random_musicgen` builds in code: tiny for tests, small for benchmarks."""
-
-
-def build_random_musicgen(architecture: Literal["tiny", "small"] = "tiny", seed: int = 0) -> MusicgenForConditionalGeneration:
-    """A MusicGen with random weights (no download); weights depend only on `architecture` and `seed`."""
-    config = RANDOM_ARCHITECTURES[architecture]()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MusicgenForConditionalGeneration(config)
-        _init_codebooks_from_audio(model)
-    model.generation_config = GenerationConfig(
-        max_length=256, do_sample=True, top_k=250, guidance_scale=3.0
-    )
-    configure_special_tokens(model)
-    return model.eval()
-
-
-def build_tiny_musicgen(seed: int = 0) -> MusicgenForConditionalGeneration:
-    """The tiny random MusicGen of the tests and --smoke (see `tiny_musicgen_config`). Weights
-    depend only on `seed`, so an adapter trained on it can be re-applied later."""
-    with musicgen_warnings_silenced():
-        return build_random_musicgen("tiny", seed)
-
-
-def _init_codebooks_from_audio(model: MusicgenForConditionalGeneration, seconds: float = 8.0) -> None:
-    """Initialise the tiny codec's RVQ codebooks from its own encoder's frames (k-means-style).
-
-    EnCodec's codebooks start at zero (they are learned buffers), which maps all audio to code 0;
-    entries drawn from the encoder's residuals on varied calibration audio make the codes depend on
-    the content, as with a trained codec. Runs under the builder's fixed seed, so it is deterministic.
-    """
-    codec = model.audio_encoder
-    rate = codec.config.sampling_rate
-    samples = int(seconds * rate)
-    # Noise bursts and tones with random envelopes: frames differ, like drum hits do.
-    envelope = torch.rand(samples // 1600).repeat_interleave(1600) ** 4
-    tone = torch.sin(torch.arange(samples) * torch.rand(samples // 3200).repeat_interleave(3200) * 0.2)
-    audio = (torch.randn(samples) * envelope + tone * envelope.flip(0)).reshape(1, 1, -1)
-    with torch.no_grad():
-        residual = codec.encoder(audio)[0].T  # (frames, dim)
-        for layer in codec.quantizer.layers:
-            picks = torch.randint(0, residual.shape[0], (layer.codebook.embed.shape[0],))
-            spread = residual.std(0, keepdim=True) * 0.1
-            layer.codebook.embed.copy_(residual[picks] + torch.randn_like(residual[picks]) * spread)
-            layer.codebook.embed_avg.copy_(layer.codebook.embed)
-            residual = residual - layer.codebook.decode(layer.codebook.encode(residual))
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerBase:
-    """ByT5's byte tokenizer: needs no vocabulary file, so it works offline."""
-    return ByT5Tokenizer()
-
-
 def load_musicgen(
     name: str,
     *,
     revision: str | None = None,
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = "sdpa",
-) -> tuple[MusicgenForConditionalGeneration, PreTrainedTokenizerBase]:
-    """Load a MusicGen checkpoint (hub id or local folder) and its text tokenizer.
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """Load a MusicGen or MusicGen-Melody checkpoint (hub id or local folder) and its text tokenizer.
 
-    Fails with a message naming the offline alternatives when the weights cannot be reached.
+    The class comes from the checkpoint's config.json, read before any weight (see `families`): an
+    unsupported architecture is refused before any work, and a load that would leave any weight
+    randomly initialised or unused fails. Fails with a message naming the offline alternatives when
+    the weights cannot be reached.
     """
-    if name == TINY_MODEL:
-        model = build_tiny_musicgen().to(dtype)
+    if is_tiny(name):
+        model = build_tiny_musicgen(name=name).to(dtype)
         model.set_attn_implementation(_decoder_attention(attn_implementation))
         model.audio_encoder.float()  # as for real checkpoints below: the codec's codes never depend on dtype
         return model, tiny_tokenizer()
@@ -198,9 +79,10 @@ def load_musicgen(
     # quickly, and then read only the local Hugging Face cache.
     offline = not local.exists() and hub_unreachable()
     try:
+        family = read_family(name, revision=revision, local_files_only=offline)
         with musicgen_warnings_silenced():
-            model = MusicgenForConditionalGeneration.from_pretrained(
-                name, revision=revision, dtype=dtype, attn_implementation=_decoder_attention(attn_implementation),
+            model = load_checked(
+                family, name, revision=revision, dtype=dtype, attn_implementation=_decoder_attention(attn_implementation),
                 local_files_only=offline,
             )
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, local_files_only=offline)
@@ -221,6 +103,13 @@ def load_musicgen(
     model.audio_encoder.float()
     configure_special_tokens(model)
     return model.eval(), tokenizer
+
+
+def describe(model) -> str:
+    """One line naming the family and the channels, for the log."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    channels = "stereo" if base.config.decoder.audio_channels == 2 else "mono"
+    return f"{family_of(base).architecture} ({channels}, {base.config.decoder.num_codebooks} codebooks)"
 
 
 def _decoder_attention(attn_implementation: str) -> dict[str, str]:
@@ -246,20 +135,7 @@ def hub_unreachable(timeout: float = 3.0) -> bool:
     return False
 
 
-def configure_special_tokens(model: MusicgenForConditionalGeneration) -> None:
-    """Set pad = bos = decoder_start = codebook size on every config that reads them.
-
-    `MusicgenForConditionalGeneration` shifts labels right with `config.decoder.decoder_start_token_id`;
-    setting only the top-level config (a classic bug) leaves training without a start token.
-    """
-    special = model.config.decoder.vocab_size
-    for config in (model.config.decoder, model.config, model.generation_config):
-        config.pad_token_id = special
-        config.bos_token_id = special
-        config.decoder_start_token_id = special
-
-
-def audio_format(model: MusicgenForConditionalGeneration) -> AudioFormat:
+def audio_format(model: torch.nn.Module) -> AudioFormat:
     codec = model.config.audio_encoder
     bandwidth = float(codec.target_bandwidths[0])
     num_codebooks = model.config.decoder.num_codebooks
@@ -274,7 +150,7 @@ def audio_format(model: MusicgenForConditionalGeneration) -> AudioFormat:
     )
 
 
-def codec_identity(model: MusicgenForConditionalGeneration, name: str) -> str:
+def codec_identity(model: torch.nn.Module, name: str) -> str:
     """A stable id of the codec: cached codes are only valid for the codec that made them."""
     codec_config = model.config.audio_encoder.to_dict()
     codec_config.pop("transformers_version", None)
@@ -325,7 +201,7 @@ def _suffix(name: str) -> str:
 
 
 def apply_lora(
-    model: MusicgenForConditionalGeneration,
+    model: torch.nn.Module,
     *,
     r: int,
     alpha: int,
@@ -355,7 +231,7 @@ def apply_lora(
     return peft_model
 
 
-def enable_gradient_checkpointing(model: MusicgenForConditionalGeneration) -> None:
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     # Non-reentrant checkpointing works with frozen inputs (LoRA), no input-grad hook needed.
     model.decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.decoder.config.use_cache = False

@@ -79,7 +79,9 @@ def export(
                     shutil.copy2(adapter / name, out / name)  # byte-identical: the adapter as trained
             model_config = _base_config(base, revision)
         data = data_description(run_config, model_config, base, cache_dir)
-        (out / "README.md").write_text(model_card(base, merged=merge, run_config=run_config, data=data, revision=revision))
+        card = model_card(base, merged=merge, run_config=run_config, data=data, revision=revision,
+                          architecture=_architecture(model_config))
+        (out / "README.md").write_text(card)
     finally:  # even a failed export lists what it wrote, so --overwrite can replace it
         _record_export(out)
     return out
@@ -128,8 +130,14 @@ def _record_export(out: Path) -> None:
 
 def _save_merged(adapter: Path, base: str, out: Path, revision: str | None = None):
     """Base + adapter with the LoRA update merged into the weights, saved as a plain MusicGen."""
-    from transformers import EncodecFeatureExtractor, MusicgenProcessor
+    from transformers import (
+        EncodecFeatureExtractor,
+        MusicgenMelodyFeatureExtractor,
+        MusicgenMelodyProcessor,
+        MusicgenProcessor,
+    )
 
+    from musicgen_lora.modeling.families import is_melody
     from musicgen_lora.modeling.generate import load_with_adapter
     from musicgen_lora.modeling.model import audio_format
 
@@ -137,27 +145,37 @@ def _save_merged(adapter: Path, base: str, out: Path, revision: str | None = Non
     merged = model.merge_and_unload()
     merged.save_pretrained(out)  # safetensors + config.json + generation_config.json
     fmt = audio_format(merged)
-    extractor = EncodecFeatureExtractor(feature_size=fmt.channels, sampling_rate=fmt.sample_rate)
+    if is_melody(merged):  # the melody models' processor reads the chroma of a melody file
+        extractor, processor = MusicgenMelodyFeatureExtractor(sampling_rate=fmt.sample_rate), MusicgenMelodyProcessor
+    else:
+        extractor, processor = EncodecFeatureExtractor(feature_size=fmt.channels, sampling_rate=fmt.sample_rate), MusicgenProcessor
     try:
-        MusicgenProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
+        processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
     except (TypeError, ValueError):  # a tokenizer class the processor does not accept
         tokenizer.save_pretrained(out)
         extractor.save_pretrained(out)
     return merged.config
 
 
+def _architecture(model_config) -> str:
+    """The transformers class of the base (MusicGen or MusicGen-Melody) for the card's usage code."""
+    from musicgen_lora.modeling.families import FAMILIES, MUSICGEN
+
+    return FAMILIES.get(getattr(model_config, "model_type", None), MUSICGEN).architecture
+
+
 def _base_config(base: str, revision: str | None = None):
     """The base model's config (no weights), or None when it cannot be read offline."""
-    from musicgen_lora.modeling.model import TINY_MODEL
+    from musicgen_lora.modeling.model import is_tiny
 
-    if base == TINY_MODEL:
+    if is_tiny(base):
         from musicgen_lora.modeling.model import build_tiny_musicgen
 
-        return build_tiny_musicgen().config
-    from transformers import MusicgenConfig
+        return build_tiny_musicgen(name=base).config
+    from transformers import AutoConfig
 
-    try:
-        return MusicgenConfig.from_pretrained(base, revision=revision, local_files_only=True)
+    try:  # MusicgenConfig or MusicgenMelodyConfig, as the checkpoint says
+        return AutoConfig.from_pretrained(base, revision=revision, local_files_only=True)
     except (OSError, ValueError):
         return None
 
@@ -195,9 +213,9 @@ def data_description(run_config: dict | None, model_config, base: str, cache_dir
 
 def license_text(base: str) -> tuple[str, str]:
     """(license id for the card's metadata, the sentence that explains it)."""
-    from musicgen_lora.modeling.model import TINY_MODEL
+    from musicgen_lora.modeling.model import is_tiny
 
-    if base == TINY_MODEL:
+    if is_tiny(base):
         return "mit", (
             "The base is the random toy MusicGen built in code by `musicgen_lora.modeling.model.build_tiny_musicgen` "
             "(no pretrained weights; for tests and demos only), so no third-party weights license applies. "
@@ -211,7 +229,8 @@ def license_text(base: str) -> tuple[str, str]:
     )
 
 
-def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict, revision: str | None = None) -> str:
+def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict, revision: str | None = None,
+               architecture: str = "MusicgenForConditionalGeneration") -> str:
     license_id, license_sentence = license_text(base)
     kind = "MusicGen with a LoRA adapter merged into its weights" if merged else "LoRA adapter (PEFT) for MusicGen"
     lines = [
@@ -248,8 +267,8 @@ def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict, 
     lines += ["", "## Usage", "", "```python"]
     if merged:
         lines += [
-            "from transformers import AutoProcessor, MusicgenForConditionalGeneration",
-            "model = MusicgenForConditionalGeneration.from_pretrained(\"PATH\")",
+            f"from transformers import AutoProcessor, {architecture}",
+            f"model = {architecture}.from_pretrained(\"PATH\")",
             "processor = AutoProcessor.from_pretrained(\"PATH\")",
             "inputs = processor(text=[\"a drum loop\"], padding=True, return_tensors=\"pt\")",
             "audio = model.generate(**inputs, max_new_tokens=256)",
@@ -258,8 +277,8 @@ def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict, 
         lines += [
             "# uv run musicgen-lora generate --adapter PATH --prompt \"a drum loop\" --out loop.wav",
             "from peft import PeftModel",
-            "from transformers import MusicgenForConditionalGeneration",
-            f"base = MusicgenForConditionalGeneration.from_pretrained(\"{base}\"" + (f", revision=\"{revision}\")" if revision else ")"),
+            f"from transformers import {architecture}",
+            f"base = {architecture}.from_pretrained(\"{base}\"" + (f", revision=\"{revision}\")" if revision else ")"),
             "model = PeftModel.from_pretrained(base, \"PATH\")",
         ]
     lines += ["```", ""]

@@ -60,6 +60,9 @@ class GenerateArgs:
     """cuda or cpu; default: cuda when available."""
     revision: str | None = None
     """Hub revision of the base model; default: the one recorded with the adapter (--model.revision of its run)."""
+    melody: Path | None = None
+    """MusicGen-Melody models only: an audio file whose melody (chroma of its first --seconds)
+    conditions every clip, as each training window was conditioned on its own audio. With --prompt."""
 
 
 def check_args(args: GenerateArgs) -> None:
@@ -72,6 +75,10 @@ def check_args(args: GenerateArgs) -> None:
         raise ConfigValueError(f"--top-k must be >= 0 (0: no top-k filtering) (got {args.top_k!r})")
     if not args.temperature > 0:
         raise ConfigValueError(f"--temperature must be > 0 (got {args.temperature!r})")
+    if args.melody is not None and not args.melody.expanduser().is_file():
+        raise ConfigValueError(f"--melody {args.melody} is not a file")
+    if args.melody is not None and args.batch is not None:
+        raise ConfigValueError("--melody works with --prompt (one melody for the prompts), not with --batch")
     out = args.out.expanduser()
     single_file = args.batch is None and out.suffix == ".wav"
     if single_file and len(args.prompt) == 1 and out.is_dir():
@@ -97,6 +104,7 @@ def main(argv: list[str]) -> int:
             return _main_batch(args)
         model, tokenizer = _load(args)
         check_generation_seconds("--seconds", args.seconds, maximum=max_seconds(model), model=_model_name(args))
+        melody = _melody(args, model)
     except (ConfigValueError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -112,11 +120,29 @@ def main(argv: list[str]) -> int:
         temperature=args.temperature,
         seed=args.seed,
         greedy=args.greedy,
+        melody=melody,
     )
     for path, clip, prompt in zip(output_paths(args.out, len(args.prompt)), audio, args.prompt, strict=True):
         write_wav(path, clip, rate)
         print(f"{path}  {clip.shape[-1] / rate:.2f} s  {prompt!r}")
     return 0
+
+
+def _melody(args: GenerateArgs, model):
+    """The --melody file's chroma for `model`; ConfigValueError for a text-only model or a bad file."""
+    if args.melody is None:
+        return None
+    from musicgen_lora.data.audio import AudioError
+    from musicgen_lora.data.chroma import chroma_settings, melody_features
+
+    settings = chroma_settings(model)
+    if settings is None:
+        raise ConfigValueError(f"--melody needs a MusicGen-Melody model; {_model_name(args)} is text-only "
+                               "(MusicgenForConditionalGeneration)")
+    try:
+        return melody_features(args.melody.expanduser(), settings, args.seconds)
+    except AudioError as error:
+        raise ConfigValueError(f"--melody {args.melody}: {error}") from None
 
 
 def _model_name(args: GenerateArgs) -> str:

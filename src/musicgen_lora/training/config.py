@@ -49,6 +49,10 @@ class DataConfig:
     file, or stem-regex:<re> (first capture group of <re> in the file stem, per folder)."""
     condition_dropout: float = 0.1
     """Probability of replacing the caption by the null condition, which classifier-free guidance needs."""
+    chroma_dropout: float = 0.2
+    """Melody models only: probability of replacing a window's melody (chroma) by the null chroma,
+    drawn independently of condition_dropout (audiocraft's chroma2music uses 0.2). The melody is the
+    chroma of the training audio itself, or of the file the metadata's `condition_file` column names."""
     num_workers: int = 0
     """DataLoader worker processes (0: load in the training process; windows come from memory)."""
     encode_batch_size: int = 8
@@ -63,7 +67,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "facebook/musicgen-small"
-    """Hub id or local folder of a MusicGen checkpoint; `tiny` is a random toy model built offline."""
+    """Hub id or local folder of a MusicGen or MusicGen-Melody checkpoint, mono or stereo (the class
+    comes from its config.json). Random toy models built offline: tiny, tiny-stereo, tiny-melody,
+    tiny-stereo-melody."""
     revision: str | None = None
     """Hub revision (commit hash) to pin the weights."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -86,7 +92,7 @@ class LoraSettings:
     """Dropout on the LoRA input."""
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
     """Decoder module names to adapt (matched as suffixes; e.g. fc1 fc2 embed_tokens lm_heads).
-    Default: the self- and cross-attention projections."""
+    Default: the self- and cross-attention projections (melody models have no cross-attention)."""
 
 
 @dataclass(frozen=True)

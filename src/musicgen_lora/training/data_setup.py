@@ -11,9 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from musicgen_lora.data.chroma import ChromaSettings, WindowChroma, chroma_settings
 from musicgen_lora.data.demo import write_demo_loops
 from musicgen_lora.data.groups import split_record
-from musicgen_lora.data.tokens import codec_encoder, load_codes, load_manifest, prepare_cache
+from musicgen_lora.data.tokens import (
+    codec_encoder,
+    load_chroma,
+    load_codes,
+    load_manifest,
+    prepare_cache,
+)
 from musicgen_lora.data.windows import (
     Clip,
     DataConfigError,
@@ -78,6 +85,7 @@ def token_cache(cfg: RunConfig, model, fmt: AudioFormat, device: torch.device, l
         group_by=cfg.data.group_by,
         # Loops shorter than the window are tiled as audio before encoding: seam-exact codes.
         tile_seconds=cfg.data.window_seconds if cfg.data.pad_mode == "tile" else None,
+        chroma=chroma_settings(model),  # melody models: the chroma is computed once, with the codes
     )
     if log_summary:
         print(result.summary())
@@ -96,6 +104,7 @@ def _dataset_token_cache(cfg: RunConfig, model, fmt: AudioFormat, device, codec_
         cfg.data.dataset, cache_dir, encoder=encoder, fmt=fmt, codec_id=codec_id,
         audio_column=cfg.data.audio_column, text_column=cfg.data.text_column, split=cfg.data.split,
         caption_template=cfg.data.caption_template, batch_size=cfg.data.encode_batch_size, preprocessing=preprocessing,
+        chroma=chroma_settings(model),
     )
     if log_summary:
         print(result.summary())
@@ -160,16 +169,20 @@ class TrainingData:
     num_codebooks: int
     sample_prompts: tuple[str, ...]
     split: dict  # split.json: group counts per side, every file with its group and side
+    sample_melodies: torch.Tensor | None = None  # melody models: (prompts, frames, 12) chroma per sample prompt
 
 
 def load_clips(cache_dir: Path) -> list[Clip]:
     return [
-        Clip(load_codes(cache_dir, entry), entry.caption, entry.source, entry.content_sha256, entry.group)
+        Clip(load_codes(cache_dir, entry), entry.caption, entry.source, entry.content_sha256, entry.group,
+             load_chroma(cache_dir, entry))
         for entry in load_manifest(cache_dir)
     ]
 
 
-def training_data(cfg: RunConfig, cache_dir: Path, fmt: AudioFormat, world_size: int = 1, silence=None, tokenizer=None) -> TrainingData:
+def training_data(cfg: RunConfig, cache_dir: Path, fmt: AudioFormat, world_size: int = 1, silence=None, tokenizer=None,
+                  chroma: ChromaSettings | None = None) -> TrainingData:
+    """Windows, collator and sample prompts; `chroma` (melody models) adds each window's melody."""
     clips = load_clips(cache_dir)
     train_clips, val_clips, split = split_cached(cache_dir, cfg.data.val_fraction, cfg.data.split, clips)
     if cfg.data.val_fraction > 0 and len(clips) > 1 and not val_clips:
@@ -186,8 +199,12 @@ def training_data(cfg: RunConfig, cache_dir: Path, fmt: AudioFormat, world_size:
         "special_token_id": fmt.pad_token_id,
         "caption_override": cfg.data.caption_override,
         "silence_codes": silence,
+        "chroma": None if chroma is None else WindowChroma(chroma, fmt.hop_length),
     }
-    train = TrainWindows(train_clips, seed=cfg.seed, condition_dropout=cfg.data.condition_dropout, **common)
+    if chroma is not None and any(clip.chroma is None for clip in clips):
+        raise DataConfigError(f"the token cache {cache_dir} holds no chroma for a melody model: prepare it again")
+    train = TrainWindows(train_clips, seed=cfg.seed, condition_dropout=cfg.data.condition_dropout,
+                         chroma_dropout=cfg.data.chroma_dropout, **common)
     val = EvalWindows(val_clips, max_windows=cfg.train.eval_max_windows, **common)
     prompts = cfg.sample.prompts or tuple(dict.fromkeys(c.caption for c in (val_clips or train_clips)))[:3]
     if cfg.data.caption_override:
@@ -197,11 +214,22 @@ def training_data(cfg: RunConfig, cache_dir: Path, fmt: AudioFormat, world_size:
         delays=codebook_delays(fmt.num_codebooks, fmt.channels),
         special_token_id=fmt.pad_token_id,
     )
-    return TrainingData(train, val, collator, frames, fmt.frame_rate, fmt.num_codebooks, tuple(prompts), split)
+    melodies = None
+    if common["chroma"] is not None:
+        melodies = sample_melodies(prompts, val_clips or train_clips, common["chroma"], round(cfg.sample.seconds * fmt.frame_rate),
+                                   cfg.data.pad_mode)
+    return TrainingData(train, val, collator, frames, fmt.frame_rate, fmt.num_codebooks, tuple(prompts), split, melodies)
+
+
+def sample_melodies(prompts, clips: list[Clip], chroma: WindowChroma, frames: int, pad_mode) -> torch.Tensor:
+    """(prompts, F, num_chroma): each sample prompt's melody is the chroma of the first `frames`
+    frames of the clip it captions (held-out clips first), or of clip i for a prompt given by hand."""
+    chosen = [next((c for c in clips if c.caption == prompt), clips[i % len(clips)]) for i, prompt in enumerate(prompts)]
+    return torch.stack([chroma(c.chroma, c.codes.shape[-1], max(1, frames), 0, pad_mode) for c in chosen])
 
 
 def _tokenizer_for(cfg: RunConfig):
-    if cfg.model.name == model_lib.TINY_MODEL:
+    if model_lib.is_tiny(cfg.model.name):
         return model_lib.tiny_tokenizer()
     from transformers import AutoTokenizer
 

@@ -90,7 +90,8 @@ def non_finite_sampling(error: RuntimeError) -> bool:
     return "probability tensor" in message or "nan" in message or "inf" in message
 
 
-def write_samples(cfg, model, tokenizer, prompts, run_dir, tag, tracker, step, accelerator) -> None:
+def write_samples(cfg, model, tokenizer, prompts, run_dir, tag, tracker, step, accelerator, melodies=None) -> None:
+    """One WAV per prompt (and guidance scale); a melody model's prompt i follows `melodies[i]`."""
     if not prompts:
         return
     unwrapped = accelerator.unwrap_model(model)
@@ -99,7 +100,7 @@ def write_samples(cfg, model, tokenizer, prompts, run_dir, tag, tracker, step, a
     for guidance in (cfg.sample.guidance, *cfg.sample.extra_guidance):
         audio = generate_audio(
             unwrapped, tokenizer, list(prompts), seconds=cfg.sample.seconds, guidance=guidance,
-            top_k=cfg.sample.top_k, temperature=cfg.sample.temperature, seed=cfg.sample.seed,
+            top_k=cfg.sample.top_k, temperature=cfg.sample.temperature, seed=cfg.sample.seed, melody=melodies,
         )
         suffix = "" if guidance == cfg.sample.guidance else f"_g{guidance:g}"
         for index, clip in enumerate(audio):

@@ -21,13 +21,14 @@ from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwa
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
+from musicgen_lora.data.chroma import chroma_settings
 from musicgen_lora.data.hf_datasets import DatasetSourceError
 from musicgen_lora.data.tokens import CacheMismatchError, NoUsableAudioError
 from musicgen_lora.data.windows import DataConfigError, DrawSampler
 from musicgen_lora.helpers import atomic_write_json
 from musicgen_lora.modeling.forward import TextStateCache, forward_loss
 from musicgen_lora.modeling.loss import add_stats
-from musicgen_lora.modeling.model import LoraTargetError, ModelLoadError
+from musicgen_lora.modeling.model import LoraTargetError, ModelLoadError, describe
 from musicgen_lora.tracking.manifest import Launch, read_manifest
 from musicgen_lora.tracking.redact import redact
 from musicgen_lora.tracking.run_lock import RunDirLock, RunDirLockedError
@@ -161,11 +162,14 @@ def _train_in(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, launch: L
 
     model, tokenizer = builders.base_model(cfg.model, accelerator.device, cfg.train.mixed_precision)
     fmt = builders.audio_format(model)
+    if main:
+        log.info("model: %s", describe(model))
     builders.check_lora_targets(cfg, model)  # a typo in --lora.targets fails now, not after encoding
     with accelerator.main_process_first():  # rank 0 encodes; the others then find the cache complete
         cache_dir = data_setup.token_cache(cfg, model, fmt, accelerator.device, log_summary=main)
     silence = data_setup.silence_codes(model, fmt, accelerator.device) if cfg.data.pad_mode == "zero_pad_legacy" else None
-    data = data_setup.training_data(cfg, cache_dir, fmt, accelerator.num_processes, silence, tokenizer)
+    data = data_setup.training_data(cfg, cache_dir, fmt, accelerator.num_processes, silence, tokenizer,
+                                    chroma=chroma_settings(model))
     evaluator = builders.generation_evaluator(cfg, model, cache_dir, data.sample_prompts, accelerator.device) if main else None
     model = builders.lora_model(cfg, model)
     optimizer, scheduler = builders.optimizer_and_schedule(cfg.optim, cfg.train.max_steps, model, accelerator.device)
@@ -257,7 +261,8 @@ def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, schedule
     loader = accelerator.prepare(loader)
 
     if step == 0 and main and cfg.sample.base_model:
-        evaluate.write_samples(cfg, model, tokenizer, data.sample_prompts, run_dir, "base", tracker, step, accelerator)
+        evaluate.write_samples(cfg, model, tokenizer, data.sample_prompts, run_dir, "base", tracker, step, accelerator,
+                               data.sample_melodies)
     if step == 0:
         state["base_val_loss"] = evaluate.validation_loss(cfg, model, data, text_cache, accelerator, tracker, step, base=True)
     base_metrics = {}
@@ -334,7 +339,8 @@ def _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, schedule
                     tag = "final" if last else f"step_{step:07d}"
                     if evaluate.can_sample(accelerator.unwrap_model(model), step):
                         try:
-                            evaluate.write_samples(cfg, model, tokenizer, data.sample_prompts, run_dir, tag, tracker, step, accelerator)
+                            evaluate.write_samples(cfg, model, tokenizer, data.sample_prompts, run_dir, tag, tracker, step, accelerator,
+                                                   data.sample_melodies)
                             evaluate.generation_metrics(
                                 cfg, evaluator, model, tokenizer, tracker, step, accelerator, adapter=True, base=last,
                                 base_metrics=base_metrics,

@@ -47,7 +47,8 @@ class PrepareArgs:
     split: str = "train"
     """--dataset: the training split (a validation/test split is encoded too and held out)."""
     model: str = "facebook/musicgen-small"
-    """Hub id or local folder of the MusicGen checkpoint whose codec encodes the audio (`tiny` offline)."""
+    """Hub id or local folder of the MusicGen checkpoint whose codec encodes the audio (`tiny` offline);
+    for a MusicGen-Melody model the chroma of each file (or of its `condition_file`) is stored too."""
     cache: Path | None = None
     """Cache folder; default: the one training uses for this data folder and codec."""
     caption_template: str = "{folder} loop"
@@ -89,6 +90,7 @@ def _prepare(args: PrepareArgs) -> int:
     # the model stack loads only once the arguments are checked (`--help` stays instant)
     import torch
 
+    from musicgen_lora.data.chroma import chroma_settings
     from musicgen_lora.data.hf_datasets import DatasetSourceError, prepare_dataset_cache
     from musicgen_lora.data.tokens import (
         CacheMismatchError,
@@ -127,7 +129,7 @@ def _prepare(args: PrepareArgs) -> int:
             result = prepare_dataset_cache(
                 args.dataset, cache, encoder=encoder, fmt=fmt, codec_id=codec_id, audio_column=args.audio_column,
                 text_column=args.text_column, split=args.split, caption_template=args.caption_template,
-                batch_size=args.batch_size, preprocessing=preprocessing,
+                batch_size=args.batch_size, preprocessing=preprocessing, chroma=chroma_settings(model),
             )
         else:
             cache = args.cache or default_cache_dir(args.data, tag)
@@ -135,7 +137,7 @@ def _prepare(args: PrepareArgs) -> int:
                 args.data, cache, encoder=encoder, fmt=fmt,
                 codec_id=codec_id, caption_template=args.caption_template, use_metadata=args.use_metadata,
                 batch_size=args.batch_size, preprocessing=preprocessing, group_by=args.group_by,
-                tile_seconds=args.tile_seconds or None,
+                tile_seconds=args.tile_seconds or None, chroma=chroma_settings(model),
             )
     except DatasetSourceError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -72,6 +72,7 @@ def validate_run_config(cfg: RunConfig) -> None:
     except ValueError as error:
         raise ConfigValueError(str(error)) from None
     within("data.condition_dropout", d.condition_dropout, 0, 1)
+    within("data.chroma_dropout", d.chroma_dropout, 0, 1)
     at_least("data.num_workers", d.num_workers, 0)
     at_least("data.encode_batch_size", d.encode_batch_size, 1)
     at_least("data.demo_loops_per_style", d.demo_loops_per_style, 1)
