@@ -58,19 +58,20 @@ def _sync(device: torch.device) -> None:
 def measure(model, tokenizer, device, batch: int, seconds: float, repeats: int) -> tuple[dict, np.ndarray]:
     prompts = [f"techno drum loop {i}, 128 bpm" for i in range(batch)]
     generate_audio(model, tokenizer, prompts, seconds=min(1.0, seconds))  # warm-up: kernels, allocator
-    times, loads = [], []
+    times, cpu_times, loads = [], [], []
     for repeat in range(repeats):
         loads.append(os.getloadavg()[0])
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         audio = generate_audio(model, tokenizer, prompts, seconds=seconds, seed=repeat)
         _sync(device)
         times.append(time.perf_counter() - start)
-    wall = statistics.median(times)
+        cpu_times.append(time.process_time() - cpu_start)
+    wall, cpu = statistics.median(times), statistics.median(cpu_times)
     row = {
         "batch": batch, "seconds": seconds, "wall_s": wall, "wall_times_s": times, "rtf": wall / seconds,
-        "audio_s_per_s": batch * seconds / wall, "finite": bool(np.isfinite(audio).all()),
-        "audio_shape": list(audio.shape), "load_average_1min": loads,
+        "audio_s_per_s": batch * seconds / wall, "cpu_s": cpu, "cpu_times_s": cpu_times, "rtf_cpu_time": cpu / seconds,
+        "finite": bool(np.isfinite(audio).all()), "audio_shape": list(audio.shape), "load_average_1min": loads,
     }
     return row, audio
 
@@ -109,17 +110,19 @@ def run(args: argparse.Namespace, command: str) -> dict:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    speedups = {}
+    speedups, cpu_speedups = {}, {}
     for batch in args.batch_sizes:
         by_mode = {row["mode"]: row for row in rows if row["batch"] == batch}
         if {"merged", "unmerged"} <= set(by_mode):
             speedups[str(batch)] = by_mode["unmerged"]["wall_s"] / by_mode["merged"]["wall_s"]
+            cpu_speedups[str(batch)] = by_mode["unmerged"]["cpu_s"] / by_mode["merged"]["cpu_s"]
     return {
         "arch": args.arch, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "device_type": device.type, "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "guidance": 3.0, "top_k": 250,
         "command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average_before": list(load_before),
-        "load_average_after": list(os.getloadavg()), "merged_speedup_by_batch": speedups, "rows": rows,
+        "load_average_after": list(os.getloadavg()), "merged_speedup_by_batch": speedups,
+        "merged_speedup_by_batch_cpu_time": cpu_speedups, "rows": rows,
     }
 
 
@@ -133,19 +136,24 @@ def markdown(report: dict) -> str:
         f"{min(loads):.2f} to {max(loads):.2f} at the timed runs' starts. Random weights (the architecture built in "
         f"code), a random rank-16 LoRA on the decoder attention, guidance {report['guidance']:g}, top-k "
         f"{report['top_k']} sampling; median of the timed runs after a 1 s warm-up.", "",
-        "| adapter | batch | audio s | wall s (median) | runs | RTF | audio s/s | prepare s | max abs diff vs unmerged |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| adapter | batch | audio s | wall s (median) | runs | RTF | audio s/s | process CPU s | RTF by CPU time | "
+        "prepare s | max abs diff vs unmerged |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         diff = row.get("max_abs_diff_vs_unmerged")
         lines.append(
             f"| {row['mode']} | {row['batch']} | {row['seconds']:g} | {row['wall_s']:.2f} | "
             f"{', '.join(f'{t:.2f}' for t in row['wall_times_s'])} | {row['rtf']:.3f} | {row['audio_s_per_s']:.3f} | "
-            f"{row['prepare_s']:.2f} | {'-' if diff is None else f'{diff:.2g}'} |")
+            f"{row['cpu_s']:.2f} | {row['rtf_cpu_time']:.3f} | {row['prepare_s']:.2f} | "
+            f"{'-' if diff is None else f'{diff:.2g}'} |")
     speedups = ", ".join(f"batch {b}: {s:.2f}x" for b, s in report["merged_speedup_by_batch"].items())
-    lines += ["", f"**Merged / unmerged speed-up: {speedups or 'n/a'}** (wall time of the same generation).", "",
+    by_cpu = ", ".join(f"batch {b}: {s:.2f}x" for b, s in report["merged_speedup_by_batch_cpu_time"].items())
+    lines += ["", f"**Merged / unmerged speed-up: {speedups or 'n/a'}** (wall time of the same generation; by "
+              f"process CPU time: {by_cpu or 'n/a'}).", "",
               "- RTF = wall seconds / seconds of audio per prompt (< 1 is faster than real time); audio s/s counts "
-              "every prompt of the batch.",
+              "every prompt of the batch. Process CPU time (all threads of this process) moves less with the load "
+              "of a shared machine than wall time does; on a GPU it counts only the host's work.",
               "- prepare s: loading the adapter into the model as `generate` does: the merge (merged) and the move "
               "and cast to the device and dtype; paid once per command, not per clip.",
               "- max abs diff: the merged model's audio against the unmerged model's at the same seeds (identical "

@@ -129,8 +129,9 @@ def test_rtf_benchmark_measures_both_modes_and_the_acceptance_summary_reads_it(r
     for row in report["rows"]:
         assert row["finite"] and row["audio_shape"] == [row["batch"], 1, 6400]
         assert row["wall_s"] > 0 and row["rtf"] == pytest.approx(row["wall_s"] / 0.2)
+        assert row["cpu_s"] > 0 and row["rtf_cpu_time"] == pytest.approx(row["cpu_s"] / 0.2)
     assert all(row["max_abs_diff_vs_unmerged"] <= 1e-6 for row in report["rows"] if row["mode"] == "merged")
-    assert set(report["merged_speedup_by_batch"]) == {"1", "2"}
+    assert set(report["merged_speedup_by_batch"]) == set(report["merged_speedup_by_batch_cpu_time"]) == {"1", "2"}
     assert "| merged | 2 | 0.2 |" in (work / "rtf.md").read_text()
     assert load("acceptance_stages").summarize(work, tmp_path / "summary") == 0
     summary = (tmp_path / "summary" / "gpu_acceptance.md").read_text()
