@@ -1,4 +1,8 @@
-"""Inference: a base MusicGen plus a LoRA adapter -> WAV files. Deterministic for a seed."""
+"""Inference: a base MusicGen plus a LoRA adapter -> WAV files. Deterministic for a seed.
+
+`prepare_for_inference` merges the adapter into the base weights (one matmul per projection instead
+of three) and picks the dtype; `generate_audio` generates from text, optionally continuing an audio
+prompt encoded with the model's own EnCodec."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import torch
 
 from musicgen_lora.modeling.collate import codebook_delays
 from musicgen_lora.modeling.families import family_of, is_melody
+from musicgen_lora.modeling.hub import resolve_adapter
 from musicgen_lora.modeling.known_warnings import musicgen_warnings_silenced
 from musicgen_lora.modeling.melody import prefix_positions
 from musicgen_lora.modeling.model import audio_format, load_musicgen
@@ -35,12 +40,18 @@ def generate_audio(
     seed: int = 0,
     greedy: bool = False,
     melody=None,
+    audio_prompt: np.ndarray | None = None,
 ) -> np.ndarray:
     """Audio (batch, channels, samples) float32 for `prompts`; greedy ignores top_k/temperature.
 
     `melody` (melody models only): one-hot chroma features (frames, 12) for every prompt or
     (prompts, frames, 12) one per prompt; None: the null melody (text only). A text-only model
     refuses a melody rather than ignoring it.
+
+    With `audio_prompt` ((channels, samples) at the model's sample rate, a whole number of codec
+    frames), every prompt continues that audio: it is encoded with the model's EnCodec and its codes
+    start the decoder (transformers lays them out in the delay pattern and forces them), and the
+    result holds the prompt, as EnCodec decodes its codes, followed by `seconds` of new audio.
 
     The RNG is seeded locally (and restored afterwards), so a seed gives the same audio every time
     without disturbing the caller's random state (training resumes stay exact).
@@ -52,6 +63,10 @@ def generate_audio(
     inputs = tokenizer(prompts, padding=True, return_tensors="pt").to(device)
     if melody is not None:
         inputs["input_features"] = melody_features(base, melody, len(prompts)).to(device)
+    prompt_samples = 0
+    if audio_prompt is not None:
+        prompt_samples = audio_prompt.shape[-1]
+        inputs.update(audio_prompt_inputs(audio_prompt, fmt.sample_rate, len(prompts), device))
     was_training = model.training
     model.eval()
     devices = [device] if device.type == "cuda" else []
@@ -66,7 +81,7 @@ def generate_audio(
             guidance_scale=guidance,
         )
     model.train(was_training)
-    samples = round(seconds * fmt.sample_rate)
+    samples = prompt_samples + round(seconds * fmt.sample_rate)
     return audio[..., :samples].float().cpu().numpy()
 
 
@@ -82,6 +97,43 @@ def melody_features(model, melody, count: int) -> torch.Tensor:
     return features
 
 
+def audio_prompt_inputs(audio: np.ndarray, sample_rate: int, batch: int, device: torch.device) -> dict:
+    """`input_values` (batch, channels, samples) and `padding_mask` for generate(), made by the
+    processor's feature extractor as MusicgenProcessor(audio=...) does, one copy per text prompt.
+    Each copy has the same length, so the mask holds no padding and the codes are the prompt's own."""
+    from transformers import EncodecFeatureExtractor
+
+    channels, samples = audio.shape
+    extractor = EncodecFeatureExtractor(feature_size=channels, sampling_rate=sample_rate)
+    clip = np.asarray(audio[0] if channels == 1 else audio, dtype=np.float32)
+    features = extractor([clip] * batch, sampling_rate=sample_rate, return_tensors="pt")
+    assert features["input_values"].shape == (batch, channels, samples), features["input_values"].shape
+    return {"input_values": features["input_values"].to(device), "padding_mask": features["padding_mask"].to(device)}
+
+
+def inference_dtype(device: torch.device | str, dtype: str = "auto") -> torch.dtype:
+    """auto: bf16 on GPUs that support it, fp16 on older ones, fp32 on CPU; else the named dtype."""
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def prepare_for_inference(model, *, merge: bool = True, device: torch.device | str = "cpu",
+                          dtype: torch.dtype = torch.float32):
+    """The model ready to generate: the LoRA update merged into the base weights (in place, in the
+    precision it was loaded in, before any cast; `merge=False` keeps the adapter separate), on
+    `device` in `dtype`, with the codec kept in fp32 (its codes must not depend on the dtype)."""
+    if merge and hasattr(model, "merge_and_unload"):
+        with musicgen_warnings_silenced():
+            model = model.merge_and_unload()
+    model = model.to(device=device, dtype=dtype)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.audio_encoder.float()
+    return model.eval()
+
+
 def base_of(adapter: Path, model_name: str | None = None, revision: str | None = None) -> tuple[str, str | None]:
     """(base model, revision) for an adapter: the ones recorded in its adapter_config.json unless
     given. The recorded revision pins the recorded model only, never another --model."""
@@ -95,11 +147,14 @@ def base_of(adapter: Path, model_name: str | None = None, revision: str | None =
     return name, revision
 
 
-def load_with_adapter(adapter: Path, model_name: str | None = None, device: str | None = None, revision: str | None = None):
+def load_with_adapter(adapter: Path | str, model_name: str | None = None, device: str | None = None,
+                      revision: str | None = None):
     """Base model named in the adapter's config (or `model_name`), at the revision the adapter
-    recorded (or `revision`), with the adapter applied."""
+    recorded (or `revision`), with the adapter applied (unmerged, fp32). `adapter` is a folder or a
+    Hub repo id (see hub.resolve_adapter)."""
     from peft import PeftModel
 
+    adapter = resolve_adapter(adapter)
     name, revision = base_of(adapter, model_name, revision)
     model, tokenizer = load_musicgen(name, revision=revision)
     with musicgen_warnings_silenced():

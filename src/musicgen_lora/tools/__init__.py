@@ -1,5 +1,6 @@
 """User-facing commands around training: cutting loops out of songs (`loops`, `beat_analysis`),
-captioning a folder (`caption`, `music_tags`), exporting adapters (`export`), the `generate` command
+captioning a folder (`caption`, `music_tags`), exporting adapters (`export`) and pushing them to the
+Hugging Face Hub (`hub`), the `generate` command and its `--continue` audio prompt (`audio_prompt`),
 and running sweeps (`sweep`).
 
 Imports: anything in the package except the CLI; nothing imports tools (except the CLI, lazily).

@@ -27,7 +27,6 @@ from musicgen_lora.helpers import (
 )
 
 MUSICGEN_LICENSE = "cc-by-nc-4.0"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 EXPORT_RECORD = ".musicgen-lora-export.json"
 """Written into every export: the files it wrote, which a later --overwrite may delete (only those)."""
 
@@ -46,16 +45,20 @@ def export(
     cache_dir: Path | None = None,
     overwrite: bool = False,
     revision: str | None = None,
+    repo_id: str | None = None,
 ) -> Path:
-    """Write the adapter (or the merged model) and README.md to `out`; returns `out`.
+    """Write the adapter (or the merged model), the processor (tokenizer + feature extractor
+    config) and README.md to `out`; returns `out`. `adapter` is a folder or a Hub repo id.
 
     `run_dir` (default: the adapter's run directory, see outputs.run_directory) and `cache_dir`
-    (default: the token cache that run used, when it is found) only feed the model card. The base
-    model is loaded at `revision`, default the one the adapter recorded (--model.revision).
+    (default: the token cache that run used, when it is found) only feed the model card, whose usage
+    names `repo_id` when the export goes to the Hub. The base model is loaded at `revision`, default
+    the one the adapter recorded (--model.revision).
     """
     from musicgen_lora.modeling.generate import base_of
+    from musicgen_lora.modeling.hub import ADAPTER_FILES, resolve_adapter
 
-    adapter, out = Path(adapter), Path(out).expanduser()
+    adapter, out = resolve_adapter(adapter), Path(out).expanduser()
     config_path = adapter / "adapter_config.json"
     if not config_path.is_file():
         raise ExportError(f"{adapter} is not a PEFT adapter folder (no adapter_config.json)")
@@ -78,9 +81,10 @@ def export(
                 if (adapter / name).is_file():
                     shutil.copy2(adapter / name, out / name)  # byte-identical: the adapter as trained
             model_config = _base_config(base, revision)
+            _save_base_processor(base, revision, out)
         data = data_description(run_config, model_config, base, cache_dir)
         card = model_card(base, merged=merge, run_config=run_config, data=data, revision=revision,
-                          architecture=_architecture(model_config))
+                          architecture=_architecture(model_config), location=repo_id or "PATH")
         (out / "README.md").write_text(card)
     finally:  # even a failed export lists what it wrote, so --overwrite can replace it
         _record_export(out)
@@ -130,13 +134,6 @@ def _record_export(out: Path) -> None:
 
 def _save_merged(adapter: Path, base: str, out: Path, revision: str | None = None):
     """Base + adapter with the LoRA update merged into the weights, saved as a plain MusicGen."""
-    from transformers import (
-        EncodecFeatureExtractor,
-        MusicgenMelodyFeatureExtractor,
-        MusicgenMelodyProcessor,
-        MusicgenProcessor,
-    )
-
     from musicgen_lora.modeling.families import is_melody
     from musicgen_lora.modeling.generate import load_with_adapter
     from musicgen_lora.modeling.model import audio_format
@@ -144,8 +141,21 @@ def _save_merged(adapter: Path, base: str, out: Path, revision: str | None = Non
     model, tokenizer = load_with_adapter(adapter, base, device="cpu", revision=revision)
     merged = model.merge_and_unload()
     merged.save_pretrained(out)  # safetensors + config.json + generation_config.json
-    fmt = audio_format(merged)
-    if is_melody(merged):  # the melody models' processor reads the chroma of a melody file
+    _save_processor(tokenizer, audio_format(merged), out, melody=is_melody(merged))
+    return merged.config
+
+
+def _save_processor(tokenizer, fmt, out: Path, melody: bool = False) -> None:
+    """The processor files (tokenizer + feature extractor config): what
+    `AutoProcessor.from_pretrained(out)` needs to prepare text, audio prompts and melodies."""
+    from transformers import (
+        EncodecFeatureExtractor,
+        MusicgenMelodyFeatureExtractor,
+        MusicgenMelodyProcessor,
+        MusicgenProcessor,
+    )
+
+    if melody:  # the melody models' processor reads the chroma of a melody file
         extractor, processor = MusicgenMelodyFeatureExtractor(sampling_rate=fmt.sample_rate), MusicgenMelodyProcessor
     else:
         extractor, processor = EncodecFeatureExtractor(feature_size=fmt.channels, sampling_rate=fmt.sample_rate), MusicgenProcessor
@@ -154,7 +164,30 @@ def _save_merged(adapter: Path, base: str, out: Path, revision: str | None = Non
     except (TypeError, ValueError):  # a tokenizer class the processor does not accept
         tokenizer.save_pretrained(out)
         extractor.save_pretrained(out)
-    return merged.config
+
+
+def _save_base_processor(base: str, revision: str | None, out: Path) -> None:
+    """The base model's processor next to an adapter, so the export (or its Hub repo) is usable
+    with AutoProcessor alone; an ExportError when it cannot be read (offline and not cached)."""
+    from transformers import AutoProcessor
+
+    from musicgen_lora.modeling.model import (
+        audio_format,
+        build_tiny_musicgen,
+        hub_unreachable,
+        tiny_tokenizer,
+    )
+    from musicgen_lora.modeling.tiny import is_tiny
+
+    if is_tiny(base):  # every tiny family: its processor is built in code, like the model
+        return _save_processor(tiny_tokenizer(), audio_format(build_tiny_musicgen(name=base)), out, melody="melody" in base)
+    try:
+        processor = AutoProcessor.from_pretrained(base, revision=revision, local_files_only=hub_unreachable())
+    except (OSError, ValueError) as error:
+        raise ExportError(f"cannot read the processor (tokenizer + feature extractor) of the base model {base!r}: "
+                          f"{type(error).__name__}; run where the Hub is reachable or the base model is in the "
+                          "local Hugging Face cache") from None
+    processor.save_pretrained(out)
 
 
 def _architecture(model_config) -> str:
@@ -230,7 +263,8 @@ def license_text(base: str) -> tuple[str, str]:
 
 
 def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict, revision: str | None = None,
-               architecture: str = "MusicgenForConditionalGeneration") -> str:
+               architecture: str = "MusicgenForConditionalGeneration", location: str = "PATH") -> str:
+    """The README.md of an export; `location` is how users reach it (its folder, or its Hub repo id)."""
     license_id, license_sentence = license_text(base)
     kind = "MusicGen with a LoRA adapter merged into its weights" if merged else "LoRA adapter (PEFT) for MusicGen"
     lines = [
@@ -268,18 +302,21 @@ def model_card(base: str, *, merged: bool, run_config: dict | None, data: dict, 
     if merged:
         lines += [
             f"from transformers import AutoProcessor, {architecture}",
-            f"model = {architecture}.from_pretrained(\"PATH\")",
-            "processor = AutoProcessor.from_pretrained(\"PATH\")",
+            f"model = {architecture}.from_pretrained(\"{location}\")",
+            f"processor = AutoProcessor.from_pretrained(\"{location}\")",
             "inputs = processor(text=[\"a drum loop\"], padding=True, return_tensors=\"pt\")",
             "audio = model.generate(**inputs, max_new_tokens=256)",
         ]
     else:
         lines += [
-            "# uv run musicgen-lora generate --adapter PATH --prompt \"a drum loop\" --out loop.wav",
+            f"# uv run musicgen-lora generate --adapter {location} --prompt \"a drum loop\" --out loop.wav",
             "from peft import PeftModel",
-            f"from transformers import {architecture}",
+            f"from transformers import AutoProcessor, {architecture}",
             f"base = {architecture}.from_pretrained(\"{base}\"" + (f", revision=\"{revision}\")" if revision else ")"),
-            "model = PeftModel.from_pretrained(base, \"PATH\")",
+            f"model = PeftModel.from_pretrained(base, \"{location}\").merge_and_unload()",
+            f"processor = AutoProcessor.from_pretrained(\"{location}\")",
+            "inputs = processor(text=[\"a drum loop\"], padding=True, return_tensors=\"pt\")",
+            "audio = model.generate(**inputs, max_new_tokens=256)",
         ]
     lines += ["```", ""]
     if run_config:
@@ -316,12 +353,13 @@ def _config_summary(config: dict) -> list[str]:
 
 @dataclass(frozen=True)
 class ExportArgs:
-    """Export a trained LoRA adapter, alone or merged into its base model, with a model card."""
+    """Export a trained LoRA adapter, alone or merged into its base model, with the base model's
+    processor config and a model card; optionally push the export to a Hugging Face Hub repo."""
 
-    adapter: Path
-    """Adapter folder (a run's adapter/)."""
-    out: Path
-    """Output folder."""
+    adapter: str
+    """Adapter folder (a run's adapter/), or a Hub repo id (user/repo)."""
+    out: Path | None = None
+    """Output folder; with --push-to-hub it may be left out (the export is then made in a temporary folder)."""
     merge: bool = False
     """Merge the adapter into the base weights and save a standalone MusicGen checkpoint."""
     model: str | None = None
@@ -335,19 +373,41 @@ class ExportArgs:
     adapter's folder or its run directory)."""
     revision: str | None = None
     """Hub revision of the base model; default: the one recorded with the adapter (--model.revision of its run)."""
+    push_to_hub: str | None = None
+    """Upload the export (adapter or merged model, processor config, model card) to this Hub model
+    repo (user/name or org/name), created PRIVATE unless --public. The token comes from `hf auth
+    login` or the HF_TOKEN environment variable, never from a flag."""
+    public: bool = False
+    """With --push-to-hub: create the repo public, and allow pushing to an existing public repo."""
 
 
 def main(argv: list[str]) -> int:
     args = tyro.cli(ExportArgs, args=argv, prog="musicgen-lora export")
-    from musicgen_lora.modeling.model import ModelLoadError  # after parsing: `--help` stays instant
+    import tempfile
 
-    try:
-        out = export(
-            args.adapter, args.out, merge=args.merge, model_name=args.model,
-            run_dir=args.run_dir, cache_dir=args.cache, overwrite=args.overwrite, revision=args.revision,
-        )
-    except (ExportError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    from musicgen_lora.modeling.model import ModelLoadError  # after parsing: `--help` stays instant
+    from musicgen_lora.tools.hub import HubPushError, push_folder
+
+    if args.out is None and args.push_to_hub is None:
+        print("error: give --out FOLDER (or --push-to-hub REPO, which may leave it out)", file=sys.stderr)
         return 2
-    print(f"{'merged model' if args.merge else 'adapter'} and model card written to {out}")
+    if args.public and args.push_to_hub is None:
+        print("error: --public only applies to --push-to-hub REPO", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="musicgen-lora-export-") as scratch:
+        try:
+            out = export(
+                args.adapter, args.out or Path(scratch) / "export", merge=args.merge, model_name=args.model,
+                run_dir=args.run_dir, cache_dir=args.cache, overwrite=args.overwrite, revision=args.revision,
+                repo_id=args.push_to_hub,
+            )
+            if args.out is not None:
+                print(f"{'merged model' if args.merge else 'adapter'} and model card written to {out}")
+            if args.push_to_hub is not None:
+                pushed = push_folder(out, args.push_to_hub, private=not args.public, exclude=(EXPORT_RECORD,))
+                print(f"pushed {len(pushed.files)} files to {pushed.url} ({'private' if pushed.private else 'public'}): "
+                      + ", ".join(pushed.files))
+        except (ExportError, ModelLoadError, HubPushError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     return 0

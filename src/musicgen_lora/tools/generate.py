@@ -1,9 +1,11 @@
 """`musicgen-lora generate`: text prompts (or a JSONL batch of them) -> WAV files, with a base
-MusicGen and optionally a LoRA adapter. Argument parsing stays light; the model stack is imported
-when the command runs."""
+MusicGen and optionally a LoRA adapter (a folder or a Hub repo), merged into the base for speed;
+`--continue FILE` continues an audio prompt. Argument parsing stays light; the model stack is
+imported when the command runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -11,6 +13,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import tyro
 
@@ -31,7 +34,9 @@ def output_paths(out: Path, count: int) -> list[Path]:
 @dataclass(frozen=True)
 class GenerateArgs:
     """Generate audio from text prompts with a base MusicGen and a LoRA adapter: --prompt for a few
-    clips, or --batch prompts.jsonl for one WAV per line (plus index.jsonl) in the --out folder."""
+    clips (generated together, in one batch), or --batch prompts.jsonl for one WAV per line (plus
+    index.jsonl) in the --out folder. The adapter is merged into the base weights unless --no-merge;
+    the model runs in bf16 on GPUs that support it (fp16 on older ones) and fp32 on CPU."""
 
     out: Path
     """Output WAV (one prompt), a .wav stem / folder for several prompts, or the folder of a batch."""
@@ -40,8 +45,9 @@ class GenerateArgs:
     batch: Path | None = None
     """JSONL file, one object per line: prompt (required), seconds, seed, guidance, name (optional;
     defaults: the flags below). Bad lines are reported with their line number and skipped."""
-    adapter: Path | None = None
-    """Adapter folder (a run's adapter/); None generates with the base model alone."""
+    adapter: str | None = None
+    """Adapter folder (a run's adapter/), or a Hub repo id (user/repo: downloaded once into the Hugging
+    Face cache, read from there when offline); None generates with the base model alone."""
     model: str | None = None
     """Base model; default: the one named in the adapter's config."""
     seconds: float = 8.0
@@ -63,6 +69,19 @@ class GenerateArgs:
     melody: Path | None = None
     """MusicGen-Melody models only: an audio file whose melody (chroma of its first --seconds)
     conditions every clip, as each training window was conditioned on its own audio. With --prompt."""
+    continue_: Annotated[Path | None, tyro.conf.arg(name="continue")] = None
+    """Audio file to continue: its last --prompt-seconds are encoded with the model's EnCodec and
+    start the generation. Each output holds that prompt (as EnCodec re-synthesises it) followed by
+    --seconds of new audio, so it lasts prompt + --seconds."""
+    prompt_seconds: float | None = None
+    """With --continue: how many seconds from the end of the file prompt the model (rounded down to
+    whole codec frames); default: the whole file. Prompt + --seconds must fit the model's window."""
+    merge: bool = True
+    """Merge the LoRA weights into the base model before generating (same audio, faster);
+    --no-merge keeps the adapter separate."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Inference dtype of the decoder and text encoder (EnCodec stays fp32); auto: bfloat16 on GPUs
+    that support it, float16 on older GPUs, float32 on CPU."""
 
 
 def check_args(args: GenerateArgs) -> None:
@@ -79,6 +98,10 @@ def check_args(args: GenerateArgs) -> None:
         raise ConfigValueError(f"--melody {args.melody} is not a file")
     if args.melody is not None and args.batch is not None:
         raise ConfigValueError("--melody works with --prompt (one melody for the prompts), not with --batch")
+    if args.prompt_seconds is not None and args.continue_ is None:
+        raise ConfigValueError("--prompt-seconds needs --continue FILE")
+    if args.prompt_seconds is not None and not args.prompt_seconds > 0:
+        raise ConfigValueError(f"--prompt-seconds must be > 0 (got {args.prompt_seconds!r})")
     out = args.out.expanduser()
     single_file = args.batch is None and out.suffix == ".wav"
     if single_file and len(args.prompt) == 1 and out.is_dir():
@@ -92,7 +115,9 @@ def main(argv: list[str]) -> int:
     args = tyro.cli(GenerateArgs, args=argv, prog="musicgen-lora generate")
     # the model stack loads only once the arguments parsed (`--help` stays instant)
     from musicgen_lora.modeling.generate import generate_audio, max_seconds, write_wav
+    from musicgen_lora.modeling.hub import resolve_adapter
     from musicgen_lora.modeling.model import ModelLoadError, audio_format
+    from musicgen_lora.tools.audio_prompt import read_source
 
     if bool(args.prompt) == (args.batch is not None):
         print("error: give either --prompt (one or more prompts) or --batch prompts.jsonl, not both and not neither",
@@ -100,10 +125,14 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         check_args(args)
+        source = read_source(args.continue_) if args.continue_ is not None else None  # before any model loads
+        if args.adapter is not None:
+            args = dataclasses.replace(args, adapter=str(resolve_adapter(args.adapter)))
         if args.batch is not None:
-            return _main_batch(args)
+            return _main_batch(args, source)
         model, tokenizer = _load(args)
-        check_generation_seconds("--seconds", args.seconds, maximum=max_seconds(model), model=_model_name(args))
+        audio_prompt, prompt = _audio_prompt(args, source, model, args.seconds)
+        check_generation_seconds("--seconds", args.seconds, maximum=max_seconds(model) - prompt, model=_model_name(args))
         melody = _melody(args, model)
     except (ConfigValueError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -121,10 +150,12 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
         greedy=args.greedy,
         melody=melody,
+        audio_prompt=audio_prompt,
     )
-    for path, clip, prompt in zip(output_paths(args.out, len(args.prompt)), audio, args.prompt, strict=True):
+    continued = f"  ({prompt:g} s of {args.continue_} + {args.seconds:g} s new)" if source is not None else ""
+    for path, clip, text in zip(output_paths(args.out, len(args.prompt)), audio, args.prompt, strict=True):
         write_wav(path, clip, rate)
-        print(f"{path}  {clip.shape[-1] / rate:.2f} s  {prompt!r}")
+        print(f"{path}  {clip.shape[-1] / rate:.2f} s  {text!r}{continued}")
     return 0
 
 
@@ -152,15 +183,39 @@ def _model_name(args: GenerateArgs) -> str:
 
 
 def _load(args: GenerateArgs):
+    """The model ready to generate: base (+ adapter, merged unless --no-merge) on the device, in
+    the inference dtype. Loaded and merged in fp32 on the CPU, then moved and cast."""
     import torch
 
-    from musicgen_lora.modeling.generate import load_with_adapter
+    from musicgen_lora.modeling.generate import (
+        inference_dtype,
+        load_with_adapter,
+        prepare_for_inference,
+    )
     from musicgen_lora.modeling.model import load_musicgen
 
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.adapter is not None:
-        return load_with_adapter(args.adapter, args.model, args.device, args.revision)
-    model, tokenizer = load_musicgen(args.model or DEFAULT_MODEL, revision=args.revision)
-    return model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer
+        model, tokenizer = load_with_adapter(args.adapter, args.model, "cpu", args.revision)
+    else:
+        model, tokenizer = load_musicgen(args.model or DEFAULT_MODEL, revision=args.revision)
+    model = prepare_for_inference(model, merge=args.merge, device=device, dtype=inference_dtype(device, args.dtype))
+    return model, tokenizer
+
+
+def _audio_prompt(args: GenerateArgs, source, model, seconds: float):
+    """(the prompt audio at the model's rate or None, its seconds); checks it and `seconds` fit."""
+    from musicgen_lora.modeling.generate import max_seconds
+    from musicgen_lora.modeling.model import audio_format
+    from musicgen_lora.tools.audio_prompt import check_fits, prompt_audio, prompt_seconds
+
+    if source is None:
+        return None, 0.0
+    fmt = audio_format(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    prompt = prompt_seconds(source, args.prompt_seconds, fmt.frame_rate)
+    check_fits(source, prompt, seconds, maximum=max_seconds(model), frame_rate=fmt.frame_rate,
+               model=_model_name(args), requested=args.prompt_seconds)
+    return prompt_audio(source, prompt, fmt.sample_rate, fmt.channels, fmt.hop_length), prompt
 
 
 # ----------------------------------------------------------------------------- batch mode
@@ -243,11 +298,14 @@ def _number(record: dict, key: str, default: float, *, minimum: float, integer: 
 
 
 def generate_batch(model, tokenizer, jobs: list[BatchJob], out: Path, *, top_k: int = 250, temperature: float = 1.0,
-                   greedy: bool = False) -> tuple[list[dict], list[BatchError]]:
+                   greedy: bool = False, audio_prompt=None, continued: dict | None = None) -> tuple[list[dict], list[BatchError]]:
     """One WAV per job in `out` and index.jsonl listing what was written; (index rows, errors).
 
     Each line is generated on its own with its own seed, so its audio does not depend on the other
-    lines. A line that fails is reported and skipped; the batch goes on.
+    lines: lines are never batched together, because one generate() call draws every row's samples
+    from one random stream (a line's audio would depend on its neighbours and lose its seed). A
+    line that fails is reported and skipped; the batch goes on. With `audio_prompt` every line
+    continues it; `continued` (what was continued) is added to each index row.
     """
     from tqdm.auto import tqdm
 
@@ -264,7 +322,7 @@ def generate_batch(model, tokenizer, jobs: list[BatchJob], out: Path, *, top_k: 
             try:
                 clip = generate_audio(
                     model, tokenizer, [job.prompt], seconds=job.seconds, guidance=job.guidance,
-                    top_k=top_k, temperature=temperature, seed=job.seed, greedy=greedy,
+                    top_k=top_k, temperature=temperature, seed=job.seed, greedy=greedy, audio_prompt=audio_prompt,
                 )[0]
                 path = out / f"{job.name}.wav"
                 write_wav(path, clip, rate)
@@ -274,6 +332,7 @@ def generate_batch(model, tokenizer, jobs: list[BatchJob], out: Path, *, top_k: 
             row = {
                 "file": path.name, "prompt": job.prompt, "seconds": job.seconds, "seed": job.seed,
                 "guidance": job.guidance, "duration": round(clip.shape[-1] / rate, 4), "line": job.line,
+                **(continued or {}),
             }
             index.write(json.dumps(row, ensure_ascii=False) + "\n")
             index.flush()
@@ -282,14 +341,16 @@ def generate_batch(model, tokenizer, jobs: list[BatchJob], out: Path, *, top_k: 
     return rows, errors
 
 
-def _fits(jobs: list[BatchJob], maximum: float, model: str) -> tuple[list[BatchJob], list[BatchError]]:
+def _fits(jobs: list[BatchJob], maximum: float, model: str, prompt: float = 0.0) -> tuple[list[BatchJob], list[BatchError]]:
     """(jobs the model can generate in one go, errors for the lines asking for more seconds)."""
-    errors = [(job.line, f"'seconds' must be at most {maximum:g} for {model} (got {job.seconds!r})")
-              for job in jobs if job.seconds > maximum]
-    return [job for job in jobs if job.seconds <= maximum], errors
+    maximum -= prompt
+    after = f" after the {prompt:g} s prompt" if prompt else ""
+    errors = [(job.line, f"'seconds' must be at most {maximum:g} for {model}{after} (got {job.seconds!r})")
+              for job in jobs if job.seconds > maximum + 1e-9]
+    return [job for job in jobs if job.seconds <= maximum + 1e-9], errors
 
 
-def _main_batch(args: GenerateArgs) -> int:
+def _main_batch(args: GenerateArgs, source=None) -> int:
     from musicgen_lora.modeling.generate import max_seconds
 
     try:
@@ -301,11 +362,14 @@ def _main_batch(args: GenerateArgs) -> int:
     rows: list[dict] = []
     if jobs:
         model, tokenizer = _load(args)
-        jobs, too_long = _fits(jobs, max_seconds(model), _model_name(args))
+        audio_prompt, prompt = _audio_prompt(args, source, model, seconds=0.0)  # lines are checked one by one
+        jobs, too_long = _fits(jobs, max_seconds(model), _model_name(args), prompt)
         errors += too_long
     if jobs:
+        continued = {"continue": str(args.continue_), "prompt_seconds": prompt} if source is not None else None
         rows, failed = generate_batch(
-            model, tokenizer, jobs, args.out, top_k=args.top_k, temperature=args.temperature, greedy=args.greedy
+            model, tokenizer, jobs, args.out, top_k=args.top_k, temperature=args.temperature, greedy=args.greedy,
+            audio_prompt=audio_prompt, continued=continued,
         )
         errors += failed
     for line, error in sorted(errors):
