@@ -106,11 +106,17 @@ def check_run(run_dir: Path, out: Path, samples: bool) -> int:
     wavs = sorted(str(p.relative_to(run_dir)) for p in (run_dir / "samples").rglob("*.wav")) if (run_dir / "samples").is_dir() else []
     if samples and not wavs:
         problems.append(f"no samples in {run_dir / 'samples'}")
+    channels = None
+    if wavs:
+        import soundfile
+
+        channels = sorted({soundfile.info(run_dir / w).channels for w in wavs})
     manifest = run_dir / "manifest.json"
     result = {
         "run_dir": str(run_dir), "ok": not problems, "problems": problems, "adapter_files": [w.name for w in weights],
         "adapter_finite": finite_adapter, "losses_logged": len(losses), "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None, "samples": wavs[:20], "sample_count": len(wavs),
+        "sample_channels": channels,
         "manifest_keys": sorted(json.loads(manifest.read_text())) if manifest.exists() else None,
     }
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -155,6 +161,7 @@ def summarize(work: Path, out_dir: Path) -> int:
         stages.append({"stage": name, "rc": int(rc), "seconds": float(seconds), "timeout_s": float(limit or 0), "note": note})
     results = {
         "stages": stages, "env": _load(work / "env.json"), "smoke": _load(work / "smoke_check.json"),
+        "smoke_melody": _load(work / "smoke_melody_check.json"), "smoke_stereo": _load(work / "smoke_stereo_check.json"),
         "train_fixed": _load(work / "bench" / "train_fixed.json"), "memory": _load(work / "bench" / "memory.json"),
         "fp16": _load(work / "fp16_check.json"), "generation": _load(work / "rtf.json"),
         "train_loops": _load(work / "bench" / "train_loops.json"), "meta": _load(work / "meta.json"),
@@ -181,12 +188,13 @@ def summarize(work: Path, out_dir: Path) -> int:
                 title += f" ({len(lengths)} loops of {min(lengths):g}-{max(lengths):g} s; the peer pads to each batch's longest)"
             md += ["", f"## {title}: batch {args['batch_size']} x {args['window_seconds']} s, {args['arch']}, "
                    f"{args['steps']} steps after {args['warmup']} warm-up", "", *_bench_table(report)]
-    for key, title in (("smoke", "--smoke on the device"), ("fp16", f"{meta.get('fp16_precision', 'fp16')} through the entry point (fp16: autocast + grad scaler)")):
+    for key, title in (("smoke", "--smoke on the device"), ("smoke_melody", "--smoke --model.name tiny-melody"),
+                       ("smoke_stereo", "--smoke --model.name tiny-stereo"), ("fp16", f"{meta.get('fp16_precision', 'fp16')} through the entry point (fp16: autocast + grad scaler)")):
         check = results[key]
         if check:
             md += ["", f"## {title}: {'OK' if check['ok'] else 'FAILED ' + '; '.join(check['problems'])}",
                    f"losses {check['losses_logged']} logged, first {_f(check['first_loss'], '.4f')}, last {_f(check['last_loss'], '.4f')}; "
-                   f"adapter finite {check['adapter_finite']}; {check['sample_count']} samples"]
+                   f"adapter finite {check['adapter_finite']}; {check['sample_count']} samples ({check.get('sample_channels')} channels)"]
     generation = results["generation"]
     if generation:
         md += ["", f"## Generation ({generation['arch']}, {generation['dtype']}, guidance {generation['guidance']})", "",

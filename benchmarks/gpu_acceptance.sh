@@ -119,6 +119,11 @@ run_stage env 90 "$PY" benchmarks/acceptance_stages.py env "$WORK/env.json" --de
 # b. the real --smoke entry point (validation, samples and generation metrics on; W&B off by the preset)
 run_stage smoke 180 "$PY" experiments/01_baseline.py --smoke --output-dir "$RUNS/smoke" "${SMOKE_EXTRA[@]}"
 run_stage smoke_check 30 "$PY" benchmarks/acceptance_stages.py check-run "$RUNS/smoke" "$WORK/smoke_check.json" --samples
+# b2. the other model families through the same entry point: MusicGen-Melody (chroma + text prefix) and stereo
+run_stage smoke_melody 150 "$PY" experiments/01_baseline.py --smoke --model.name tiny-melody --output-dir "$RUNS/smoke_melody" "${SMOKE_EXTRA[@]}"
+run_stage smoke_melody_check 30 "$PY" benchmarks/acceptance_stages.py check-run "$RUNS/smoke_melody" "$WORK/smoke_melody_check.json" --samples
+run_stage smoke_stereo 150 "$PY" experiments/01_baseline.py --smoke --model.name tiny-stereo --output-dir "$RUNS/smoke_stereo" "${SMOKE_EXTRA[@]}"
+run_stage smoke_stereo_check 30 "$PY" benchmarks/acceptance_stages.py check-run "$RUNS/smoke_stereo" "$WORK/smoke_stereo_check.json" --samples
 # c. training throughput: ours, the original loop, the HF recipe with and without its T5 hook
 run_stage train_fixed 240 "$PY" "${BENCH[@]}" "${TRAIN_SHAPE[@]}" "${STEPS[@]}" \
     --arms reference ours peer peer_lean --name train_fixed
