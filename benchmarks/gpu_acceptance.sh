@@ -87,6 +87,12 @@ fi
 FP16=$([[ $DEVICE == cuda ]] && echo fp16 || echo bf16)
 BENCH=(benchmarks/train_throughput.py --device "$DEVICE" --arch "$ARCH" --model-cache "$WORK/models" --output-dir "$WORK/bench")
 
+write_meta() {
+    printf '{"mode": "%s", "device": "%s", "quick": %s, "budget_s": %s, "total_s": %s, "python": "%s", "fp16_precision": "%s"}\n' \
+        "$([[ $QUICK == 1 ]] && echo quick || echo full)" "$DEVICE" "$([[ $QUICK == 1 ]] && echo true || echo false)" \
+        "$BUDGET" "$(elapsed)" "$PY" "$FP16" > "$WORK/meta.json"
+}
+
 # ---- Stage runner ----------------------------------------------------------------------------------
 # run_stage NAME TIMEOUT_S CMD...: own timeout (cut to what is left of the budget), log to
 # $WORK/logs/NAME.log, exit code + time to stages.tsv; a failure prints the log's tail and moves on.
@@ -111,6 +117,10 @@ run_stage() {
     printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" $(( $(date +%s) - t0 )) "$limit" "$note" >> "$WORK/stages.tsv"
     echo "   -> exit $rc in $(( $(date +%s) - t0 ))s ${note}"
     if (( rc != 0 )); then tail -n 20 "$WORK/logs/$name.log" | sed 's/^/   | /'; fi
+    # $OUT always holds everything finished so far: a call cut short (the machine's start can eat
+    # most of a lease) still returns the stages that ran, not nothing
+    write_meta
+    "$PY" benchmarks/acceptance_stages.py summarize "$WORK" "$OUT_DIR" > /dev/null 2>&1 || true
 }
 
 # a. environment and the measured bf16 matmul peak
@@ -142,9 +152,7 @@ run_stage generate_rtf 120 "$PY" benchmarks/generate_rtf.py --device "$DEVICE" "
 # because a compile failure (no compiler or headers on the machine) must not cost the other numbers
 run_stage train_compile 180 "$PY" "${BENCH[@]}" "${TRAIN_SHAPE[@]}" "${STEPS[@]}" --arms ours compile --name train_compile
 
-printf '{"mode": "%s", "device": "%s", "quick": %s, "budget_s": %s, "total_s": %s, "python": "%s", "fp16_precision": "%s"}\n' \
-    "$([[ $QUICK == 1 ]] && echo quick || echo full)" "$DEVICE" "$([[ $QUICK == 1 ]] && echo true || echo false)" \
-    "$BUDGET" "$(elapsed)" "$PY" "$FP16" > "$WORK/meta.json"
+write_meta
 echo "== [$(elapsed)s] done; summary in $OUT_DIR"
 # The summary is printed last: only the end of the output may come back inline.
 "$PY" benchmarks/acceptance_stages.py summarize "$WORK" "$OUT_DIR" || python3 benchmarks/acceptance_stages.py summarize "$WORK" "$OUT_DIR"
