@@ -11,7 +11,8 @@ the matmul. That was up to a fifth of a CPU training step.
 depend on the tensor's dtype) and applies mask and scale in one pass (`addcmul`), saving only the
 mask for backward. `x * (1 / (1 - p))` rounded once is what `x * (mask / (1 - p))` gives where the
 mask is 1, and the scale is computed by the same fp32 division, so outputs and gradients equal
-peft's: `tests/test_lora_dropout.py` checks it in fp32 and under bf16 autocast.
+peft's: `tests/test_lora_dropout.py` checks it in fp32 and under bf16 autocast. On other devices
+(CUDA) the module does exactly what peft does.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class FastLoraDropout(torch.nn.Module):
         self.scale = _scale(self.p) if 0 < self.p < 1 else 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            # Elsewhere peft's own path: CUDA's fused dropout is one pass already, and draws its
+            # mask from a stream of its own that a different kernel would not reproduce.
+            x = x if x.dtype == self.adapter_dtype else x.to(self.adapter_dtype)
+            return torch.nn.functional.dropout(x, self.p, self.training) if self.p else x
         if x.dtype != self.adapter_dtype and not torch.is_autocast_enabled(x.device.type):
             x = x.to(self.adapter_dtype)
         if not self.training or self.p == 0:
