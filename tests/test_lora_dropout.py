@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.attention
 
 from musicgen_lora.collate import codebook_delays, delay_pattern_labels
 from musicgen_lora.lora_dropout import FastLoraDropout, install
@@ -37,12 +38,13 @@ def _lora_model(dtype: torch.dtype, fast: bool):
     return peft_model.train()
 
 
-def _loss_and_grads(model, autocast: bool):
+def _loss_and_grads(model, autocast: bool, device: str = "cpu"):
     codes = torch.randint(0, 2048, (2, 4, 30), generator=torch.Generator().manual_seed(1))
     ids, labels = delay_pattern_labels(codes, torch.ones(2, 30, dtype=torch.bool), codebook_delays(4), 2048)
     text = torch.randint(0, 300, (2, 7), generator=torch.Generator().manual_seed(2))
+    model, ids, labels, text = model.to(device), ids.to(device), labels.to(device), text.to(device)
     torch.manual_seed(5)  # the same dropout masks, if drawn alike
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
         logits = model(input_ids=text, attention_mask=torch.ones_like(text), decoder_input_ids=ids).logits
         loss, _ = codebook_cross_entropy(logits, labels)
     loss.backward()
@@ -58,6 +60,16 @@ def test_fast_lora_dropout_equals_peft_bit_for_bit(dtype, autocast):
     assert torch.equal(loss, ref_loss)
     assert grads.keys() == ref_grads.keys() and all(torch.equal(grads[k], ref_grads[k]) for k in grads)
     assert any(float(g.abs().sum()) > 0 for name, g in grads.items() if "lora_A" in name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_on_cuda_it_is_peft_exactly():
+    """CUDA's fused dropout kernel is one pass already: there the module takes peft's own path.
+    (The math attention kernel: the fused ones' backward may sum in a different order each run.)"""
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        fast, fast_grads = _loss_and_grads(_lora_model(torch.bfloat16, fast=True), True, "cuda")
+        ref, ref_grads = _loss_and_grads(_lora_model(torch.bfloat16, fast=False), True, "cuda")
+    assert torch.equal(fast, ref) and all(torch.equal(fast_grads[k], ref_grads[k]) for k in fast_grads)
 
 
 def test_dropout_is_really_applied_and_only_in_training():
