@@ -1,4 +1,4 @@
-"""Training throughput of the fast LoRA path against the original system's loop, side by side.
+"""Training throughput of the fast LoRA path against the original system's loop and the HF recipe.
 
 Each row ("arm") is one training loop on the same model architecture (random weights, built in code),
 the same clips and captions, and the same LoRA (rank 16 on the decoder's attention projections):
@@ -7,14 +7,18 @@ the same clips and captions, and the same LoRA (rank 16 on the decoder's attenti
               on clips zero-padded to 30 s (padding included), eager attention, fp32 on CPU
               (fp16 autocast + grad scaler on GPU), foreach AdamW.
   ...         one optimization added per row, cumulatively, up to
-  ours        the training defaults: pre-encoded token windows, cached T5 states, no padding,
-              SDPA, bf16 autocast + bf16 frozen weights and fused AdamW on GPU (fp32 on CPU).
+  ours        the training defaults, through the shipped training step (accelerate, loss statistics,
+              finite checks): pre-encoded token windows, cached T5 states, no padding, SDPA, and what
+              `--train.mixed-precision auto` picks: bf16 autocast + bf16 frozen weights on GPUs and on
+              CPUs with native bf16 (AMX / AVX512-BF16; then `ours_fp32` is ours at fp32), fused AdamW
+              on GPU; fp32 on other CPUs.
   extras      options measured on top of ours: torch.compile, gradient checkpointing, data workers.
   peer        what researchers would otherwise run, Hugging Face's MusicGen LoRA ("dreamboothing")
-              recipe as written: labels laid out once with `build_delay_pattern_mask` +
+              recipe as written: plain peft LoRA, labels laid out once with `build_delay_pattern_mask` +
               `apply_delay_pattern_mask`, the HF forward with `labels` (T5 every step),
               `enable_input_require_grads()` (backprop through the frozen T5), batches padded to the
-              longest clip with -100, fp16 autocast + grad scaler on GPU (fp32 on CPU).
+              longest clip with -100, torch's AdamW as the HF Trainer makes it, fp16 autocast + grad
+              scaler on GPU (fp32 on CPU).
   peer_lean   the peer without `enable_input_require_grads()`.
 
 Two data regimes (--regime): `fixed`, every clip as long as the window (the peer pads nothing), and
@@ -26,12 +30,18 @@ peer's) is work that teaches nothing, so only real audio counts. Every arm runs 
 memory is its own), arms alternate over --rounds (load on a shared machine hits all of them alike),
 and each figure is a median over the timed steps after warm-up.
 
-Run (the committed CPU numbers, and the H100 targets):
+Run (the committed CPU numbers: the original loop; ours vs the recipe in both regimes; peak memory):
     uv run benchmarks/train_throughput.py --arch small --batch-size 1 --window-seconds 10 \\
         --steps 2 --warmup 1 --rounds 3
+    uv run benchmarks/train_throughput.py --arch small --batch-size 2 --window-seconds 10 --steps 2 \\
+        --warmup 1 --rounds 3 --arms ours ours_fp32 peer peer_lean --name train_throughput_cpu_small_peer_fixed
+    uv run benchmarks/train_throughput.py --arch small --batch-size 2 --window-seconds 10 --steps 2 \\
+        --warmup 1 --rounds 3 --arms ours ours_fp32 peer peer_lean --regime loops \\
+        --name train_throughput_cpu_small_peer_loops
+and on a GPU:
     uv run benchmarks/train_throughput.py --device cuda --arch small --batch-size 8 \\
         --window-seconds 30 --steps 20 --warmup 5 --rounds 2
-    uv run benchmarks/train_throughput.py --device cuda --arch small --batch-size 8 --regime loops \
+    uv run benchmarks/train_throughput.py --device cuda --arch small --batch-size 8 --regime loops \\
         --clips 16 --arms ours peer peer_lean
 """
 
@@ -61,9 +71,16 @@ from musicgen_lora.data.tokens import codec_encoder
 from musicgen_lora.data.windows import Clip, DrawSampler, TrainWindows
 from musicgen_lora.modeling import model as model_lib
 from musicgen_lora.modeling.collate import MusicgenCollator, codebook_delays, delay_pattern_labels
-from musicgen_lora.modeling.forward import TextStateCache, forward_loss
+from musicgen_lora.modeling.forward import TextStateCache, forward_loss, text_states
+from musicgen_lora.modeling.loss import add_stats
 from musicgen_lora.training import builders, data_setup
-from musicgen_lora.training.config import ModelConfig, OptimConfig, RunConfig
+from musicgen_lora.training.config import (
+    LoraSettings,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+)
 
 FLOP_MODEL = (
     "Model FLOPs per step count the decoder only (T5 and EnCodec are frozen and, in ours, not run): "
@@ -100,11 +117,20 @@ class Arm:
     """The HF recipe's loop (labels through the HF forward, batches padded to the longest clip)."""
     input_require_grads: bool = False
     """`model.enable_input_require_grads()`, as the HF recipe does (gradients through frozen T5)."""
+    product: bool = False
+    """The product's training step (train.py): accelerate-prepared model, optimizer and loader, its
+    autocast, loss statistics and finite checks; otherwise a plain loop around `forward_loss`."""
 
 
-def arms(device_type: str, pad_seconds: float) -> list[Arm]:
-    """The ladder from the reference to ours (one change per row), then the extras on top of ours."""
+def arms(device_type: str, pad_seconds: float, cpu_bf16: bool | None = None) -> list[Arm]:
+    """The ladder from the reference to ours (one change per row), then the extras on top of ours.
+
+    `cpu_bf16`: whether `--train.mixed-precision auto` picks bf16 on this CPU (None: ask
+    `builders.mixed_precision`). Where it does, ours is bf16 and `ours_fp32` is ours at fp32, the
+    row to compare with the peer at equal precision."""
     gpu = device_type == "cuda"
+    if cpu_bf16 is None:
+        cpu_bf16 = not gpu and builders.mixed_precision("auto") == "bf16"
     reference = Arm(
         "reference", f"original loop: EnCodec + T5 every step, {pad_seconds:g} s zero-padding, eager, "
         + ("fp16 autocast" if gpu else "fp32"), encode_audio=True, cache_text=False, pad_seconds=pad_seconds,
@@ -117,17 +143,23 @@ def arms(device_type: str, pad_seconds: float) -> list[Arm]:
         replace(reference, name="no_padding", change="+ windows of real audio, no padding", encode_audio=False,
                 cache_text=True, pad_seconds=None),
     ]
-    ours = replace(ladder[-1], name="ours", change="+ SDPA attention (= ours)", attention="sdpa")
+    ours = replace(ladder[-1], name="ours", change="+ SDPA attention, the training loop as shipped (= ours)",
+                   attention="sdpa", product=True)
     if gpu:
-        ladder.append(replace(ours, name="sdpa", change="+ SDPA attention"))
+        ladder.append(replace(ours, name="sdpa", change="+ SDPA attention, the training loop as shipped"))
         ladder.append(replace(ours, name="bf16", change="+ bf16 autocast, bf16 frozen weights", precision="bf16"))
         ours = replace(ours, change="+ fused AdamW (= ours)", precision="bf16", fused_adamw=True)
+    elif cpu_bf16:
+        ladder.append(replace(ours, name="ours_fp32", change="+ SDPA attention, the training loop as shipped, at fp32 "
+                              "(ours with --train.mixed-precision no)"))
+        ours = replace(ours, change="+ bf16 autocast, bf16 frozen weights (= ours: the default on CPUs with native bf16)",
+                       precision="bf16")
     extras = [
         replace(ours, name="compile", change="ours + torch.compile(decoder)", compile=True),
         replace(ours, name="grad_ckpt", change="ours + gradient checkpointing", gradient_checkpointing=True),
         replace(ours, name="workers", change="ours + 2 data workers" + (" (pinned memory)" if gpu else ""), num_workers=2),
     ]
-    if not gpu:
+    if not gpu and not cpu_bf16:
         extras.append(replace(ours, name="bf16_cpu", change="ours + bf16 autocast, bf16 frozen weights (CPU)", precision="bf16"))
     peer = Arm(
         "peer", "HF LoRA recipe: HF forward with labels, T5 every step, enable_input_require_grads, "
@@ -193,6 +225,9 @@ class Args:
     """Where the random model is saved once (like a checkpoint folder) for every arm to load."""
     name: str | None = None
     """Output file stem; None: train_throughput_<device>_<arch>."""
+    cpu_bf16: bool | None = None
+    """On CPU: ours in bf16 (with an ours_fp32 row) or fp32 (with a bf16_cpu row); None: what
+    --train.mixed-precision auto picks on this CPU."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,27 +240,123 @@ def measure_arm(arm: Arm, setup: Setup) -> dict:
         torch.set_num_threads(setup.threads)
     torch.manual_seed(0)
     device = torch.device(setup.device)
-    cfg = RunConfig(model=ModelConfig(
-        name=setup.model_dir, dtype="bfloat16" if arm.precision == "bf16" else "float32",
-        attn_implementation=arm.attention, compile=arm.compile, gradient_checkpointing=arm.gradient_checkpointing,
-    ))
+    cfg = RunConfig(
+        model=ModelConfig(
+            name=setup.model_dir, dtype="bfloat16" if arm.precision == "bf16" else "float32",
+            attn_implementation=arm.attention, compile=arm.compile, gradient_checkpointing=arm.gradient_checkpointing,
+        ),
+        train=TrainConfig(batch_size=setup.batch_size, mixed_precision=MIXED_PRECISION[arm.precision]),
+    )
     model, tokenizer = builders.base_model(cfg.model, device)
     fmt = model_lib.audio_format(model)
     delays = codebook_delays(fmt.num_codebooks, fmt.channels)
     peer_labels = [recipe_labels(model, codes, fmt.pad_token_id) for _, codes, _ in setup.clips] if arm.peer else None
     if arm.input_require_grads:  # the recipe calls it on the base model before LoRA
         model.enable_input_require_grads()
-    model = builders.lora_model(cfg, model)
+    model = recipe_lora(cfg.lora, model) if arm.peer else builders.lora_model(cfg, model)
     model.train()
     total = setup.warmup + setup.steps + (2 if arm.compile else 0)
     optimizer, scheduler = builders.optimizer_and_schedule(OptimConfig(fused=arm.fused_adamw), total, model, device)
+    if arm.peer:  # the recipe's optimizer: the HF Trainer's default ("adamw_torch"), torch's AdamW as is
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=OptimConfig().lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    text_cache = TextStateCache() if arm.cache_text else None
+    if text_cache is not None:  # timed in the steady state of a run: every caption's T5 states cached
+        warm_text_cache(model, tokenizer, [caption for _, _, caption in setup.clips], text_cache, device)
+    loader = _loader(arm, setup, tokenizer, fmt, delays, total, peer_labels)
+    if arm.product:
+        step, loader = _product_step(cfg, model, optimizer, scheduler, loader, text_cache)
+    else:
+        step = _plain_step(arm, model, optimizer, scheduler, text_cache, fmt, delays, device)
+
+    step_s, cpu_s, data_s, optim_s, text_tokens, useful_s, positions = [], [], [], [], [], [], []
+    batches = iter(loader)
+    for index in range(total):
+        timed = index >= total - setup.steps
+        if index == total - setup.steps:
+            _reset_peak_memory(device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+        useful = float(batch.pop("useful_seconds").sum())
+        loaded = time.perf_counter()
+        optim_time = step(batch)
+        end = time.perf_counter()
+        if timed:
+            step_s.append(end - start)
+            cpu_s.append(time.process_time() - cpu_start)
+            data_s.append(loaded - start)
+            optim_s.append(optim_time)
+            text_tokens.append(int(batch["attention_mask"].shape[1]))
+            useful_s.append(useful)
+            # The peer's decoder runs on the padded label length; ours on frames + the delay tail.
+            positions.append(int(batch["labels"].shape[1]))
+    tail = 0 if arm.peer else max(delays)
+    return {
+        "step_s": step_s, "cpu_s": cpu_s, "data_s": data_s, "optim_s": optim_s, "peak_memory_gb": _peak_memory_gb(device),
+        "positions": positions, "text_tokens": text_tokens, "useful_s": useful_s,
+        "frames": [setup.batch_size * (p - tail) for p in positions], "frame_rate": fmt.frame_rate,
+    }
+
+
+MIXED_PRECISION = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
+"""An arm's precision as --train.mixed-precision says it."""
+
+
+def warm_text_cache(model, tokenizer, captions: list[str], cache: TextStateCache, device) -> None:
+    """Fill the T5 cache with every caption, as a run's first epoch does: the benchmark's few steps
+    would otherwise meet most captions for the first time, which a run of thousands of steps does not."""
+    for caption in dict.fromkeys(captions):
+        text = tokenizer([caption], return_tensors="pt")
+        text_states(model, {"input_ids": text["input_ids"].to(device), "attention_mask": text["attention_mask"].to(device)},
+                    cache)
+
+
+def recipe_lora(lora: LoraSettings, model):
+    """The recipe's LoRA: plain peft `get_peft_model` on the same decoder modules, rank, alpha and
+    dropout as ours (without our own LoRA dropout, `musicgen_lora.modeling.lora_dropout`)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = model_lib.find_lora_targets(model, lora.targets)
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, bias="none")
+    return get_peft_model(model, config)
+
+
+def _product_step(cfg: RunConfig, model, optimizer, scheduler, loader, text_cache):
+    """(step, loader) of the training loop as shipped (train.py's micro-step): the accelerator of the
+    run's config prepares model, optimizer and loader and autocasts; per-codebook statistics, loss
+    reduction and finite checks run every step, as in a real run."""
+    from musicgen_lora.training.loop import make_accelerator
+
+    accelerator = make_accelerator(cfg)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step(batch: dict) -> float:
+        with accelerator.accumulate(model):
+            loss, stats = forward_loss(model, batch, text_cache)
+            accelerator.backward(loss)
+            add_stats(None, stats)
+            _sync(accelerator.device)
+            tick = time.perf_counter()
+            norm = accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+            loss_sum = accelerator.reduce(loss.detach(), reduction="sum")
+            if bool(torch.isfinite(norm)) and bool(torch.isfinite(loss_sum)):
+                optimizer.step()
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        _sync(accelerator.device)
+        return time.perf_counter() - tick
+
+    return step, loader
+
+
+def _plain_step(arm: Arm, model, optimizer, scheduler, text_cache, fmt, delays, device):
+    """The ladder's and the peer's step: a plain loop, autocast and grad scaler by hand."""
     scaler = torch.amp.GradScaler(device.type) if arm.precision == "fp16" else None
     params = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16 if arm.precision == "bf16" else torch.float16,
                               enabled=arm.precision != "fp32")
-    text_cache = TextStateCache() if arm.cache_text else None
     encode = codec_encoder(model.get_base_model().audio_encoder, fmt, device)
-    loader = _loader(arm, setup, tokenizer, fmt, delays, total, peer_labels)
 
     def step(batch: dict) -> float:
         if arm.peer:  # the recipe: the HF forward computes T5, shifts the labels and returns the loss
@@ -256,33 +387,7 @@ def measure_arm(arm: Arm, setup: Setup) -> dict:
         _sync(device)
         return time.perf_counter() - tick
 
-    step_s, cpu_s, data_s, optim_s, text_tokens, useful_s, positions = [], [], [], [], [], [], []
-    batches = iter(loader)
-    for index in range(total):
-        timed = index >= total - setup.steps
-        if index == total - setup.steps:
-            _reset_peak_memory(device)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-        useful = float(batch.pop("useful_seconds").sum())
-        loaded = time.perf_counter()
-        optim_time = step(batch)
-        end = time.perf_counter()
-        if timed:
-            step_s.append(end - start)
-            cpu_s.append(time.process_time() - cpu_start)
-            data_s.append(loaded - start)
-            optim_s.append(optim_time)
-            text_tokens.append(int(batch["attention_mask"].shape[1]))
-            useful_s.append(useful)
-            # The peer's decoder runs on the padded label length; ours on frames + the delay tail.
-            positions.append(int(batch["labels"].shape[1]))
-    tail = 0 if arm.peer else max(delays)
-    return {
-        "step_s": step_s, "cpu_s": cpu_s, "data_s": data_s, "optim_s": optim_s, "peak_memory_gb": _peak_memory_gb(device),
-        "positions": positions, "text_tokens": text_tokens, "useful_s": useful_s,
-        "frames": [setup.batch_size * (p - tail) for p in positions], "frame_rate": fmt.frame_rate,
-    }
+    return step
 
 
 def recipe_labels(model, codes: np.ndarray, pad_token_id: int) -> torch.Tensor:
@@ -508,9 +613,10 @@ def train_flops(decoder, batch: int, positions: int, text_tokens: float) -> floa
     return 2 * matmul + 3 * attention
 
 
-def matmul_peak_tflops(device: torch.device) -> float:
-    """Dense matmul throughput of this device: bf16 8192^3 on GPU, fp32 2048^3 on CPU (best of 3)."""
-    n, dtype, iters = (8192, torch.bfloat16, 50) if device.type == "cuda" else (2048, torch.float32, 5)
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype | None = None) -> float:
+    """Dense matmul throughput of this device: bf16 8192^3 on GPU, 2048^3 on CPU (fp32 unless
+    `dtype`) (best of 3)."""
+    n, dtype, iters = (8192, torch.bfloat16, 50) if device.type == "cuda" else (2048, dtype or torch.float32, 5)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     best = 0.0
@@ -536,8 +642,9 @@ def per_second(amounts: list[float], step_s: list[float]) -> float:
     return sum(amounts) / sum(step_s)
 
 
-def summarize(arm: Arm, raw: dict, setup: Setup, clip_seconds: float, peak_tflops: float | None) -> dict:
+def summarize(arm: Arm, raw: dict, setup: Setup, clip_seconds: float, peaks: dict[str, float]) -> dict:
     step = statistics.median(raw["step_s"])
+    peak_tflops = peaks.get("bfloat16" if arm.precision == "bf16" else "float32", peaks.get("bfloat16"))
     decoder = model_lib.RANDOM_ARCHITECTURES[setup.arch]().decoder
     flops = [train_flops(decoder, setup.batch_size, p, t) for p, t in zip(raw["positions"], raw["text_tokens"], strict=True)]
     flops_per_s = per_second(flops, raw["step_s"])
@@ -561,12 +668,15 @@ def summarize(arm: Arm, raw: dict, setup: Setup, clip_seconds: float, peak_tflop
 
 def main(args: Args, command: str = "(called from Python)") -> dict:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = [arm for arm in arms(device, args.reference_pad_seconds) if not args.arms or arm.name in args.arms]
+    every = arms(device, args.reference_pad_seconds, args.cpu_bf16)
+    chosen = [arm for arm in every if not args.arms or arm.name in args.arms]
     if not chosen:
-        raise SystemExit(f"no arm named {args.arms}; choose from {[a.name for a in arms(device, 30.0)]}")
+        raise SystemExit(f"no arm named {args.arms}; choose from {[a.name for a in every]}")
     load_before = os.getloadavg()
     setup = prepare(args, device)
-    peak = matmul_peak_tflops(torch.device(device))
+    # Each arm's MFU is against the peak of its own matmul dtype (on GPU, bf16 for every arm).
+    dtypes = {"bfloat16"} if device == "cuda" else {"bfloat16" if arm.precision == "bf16" else "float32" for arm in chosen}
+    peaks = {name: matmul_peak_tflops(torch.device(device), getattr(torch, name)) for name in sorted(dtypes)}
     loads: dict[str, list[float]] = {arm.name: [] for arm in chosen}
     results: dict[str, list[dict]] = {arm.name: [] for arm in chosen}
     errors: dict[str, str] = {}
@@ -578,11 +688,12 @@ def main(args: Args, command: str = "(called from Python)") -> dict:
                 results[arm.name].append(run_arm(arm, setup, args.isolate))
             except Exception as error:  # an OOM or a broken option fails its row, not the run
                 errors[arm.name] = f"{type(error).__name__}: {str(error)[:300]}"
-    peak = max(peak, matmul_peak_tflops(torch.device(device)))  # best of before and after the arms
+    peaks = {name: max(peak, matmul_peak_tflops(torch.device(device), getattr(torch, name)))  # best of before and after
+             for name, peak in peaks.items()}
     clip_seconds = args.clip_seconds or args.window_seconds
     rows = [
         {"arm": arm.name, "change": arm.change, "config": asdict(arm), "error": errors[arm.name]} if arm.name in errors
-        else summarize(arm, _merge(results[arm.name]), setup, clip_seconds, peak)
+        else summarize(arm, _merge(results[arm.name]), setup, clip_seconds, peaks)
         for arm in chosen
     ]
     for row in rows:
@@ -593,10 +704,12 @@ def main(args: Args, command: str = "(called from Python)") -> dict:
             row["speedup_vs_reference"] = row["useful_audio_s_per_s"] / by_name["reference"]["useful_audio_s_per_s"]
     report = {
         "meta": _meta(args, device, setup, load_before, os.getloadavg(), clip_seconds),
-        "matmul_peak_tflops": peak, "matmul_peak_dtype": "bfloat16" if device == "cuda" else "float32",
+        "matmul_peak_tflops": peaks.get("float32", peaks.get("bfloat16")),
+        "matmul_peak_dtype": "float32" if "float32" in peaks else "bfloat16", "matmul_peaks_tflops": peaks,
         "flop_model": FLOP_MODEL, "rows": rows,
         "ours_over_reference": by_name["ours"].get("speedup_vs_reference") if "ours" in by_name else None,
-        **{f"ours_over_{peer}": _ratio(by_name, "ours", peer) for peer in ("peer", "peer_lean")},
+        **{f"{arm}_over_{peer}": _ratio(by_name, arm, peer) for arm in ("ours", "ours_fp32") for peer in ("peer", "peer_lean")},
+        "ours_precision": by_name["ours"]["config"]["precision"] if "ours" in by_name else None,
         "ours_over_reference_by_cpu_time": _cpu_time_ratio(by_name),
     }
     _write(report, args, device, command)
@@ -654,7 +767,8 @@ def _meta(args: Args, device: str, setup: Setup, load_before, load_after, clip_s
 
 
 def table(report: dict) -> str:
-    mfu_header = "MFU" if report["matmul_peak_dtype"] == "bfloat16" else "MFU (vs fp32 matmul)"
+    peaks = report.get("matmul_peaks_tflops") or {report["matmul_peak_dtype"]: report["matmul_peak_tflops"]}
+    mfu_header = "MFU" if list(peaks) == ["bfloat16"] else "MFU (vs the matmul peak of the arm's dtype)"
     lines = [
         f"| arm | change | step s | frames/s | useful audio s/s | x reference | peak mem GB | data % | optim % | {mfu_header} |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -674,11 +788,16 @@ def table(report: dict) -> str:
 
 
 def peer_summary(report: dict) -> str:
-    """ours / peer and ours / peer_lean in useful audio s/s (n/a where an arm did not run)."""
+    """ours / peer and ours / peer_lean in useful audio s/s (n/a where an arm did not run), and the
+    same for ours at fp32 where ours is bf16 (CPUs with native bf16)."""
     def fmt(value):
         return f"{value:.2f}x" if value else "n/a"
-    return (f"**ours / peer (HF recipe) = {fmt(report.get('ours_over_peer'))}**, "
+    line = (f"**ours ({report.get('ours_precision') or '?'}) / peer (HF recipe) = {fmt(report.get('ours_over_peer'))}**, "
             f"ours / peer_lean = {fmt(report.get('ours_over_peer_lean'))} in useful audio seconds per second.")
+    if report.get("ours_fp32_over_peer") or report.get("ours_fp32_over_peer_lean"):
+        line += (f" At equal precision (fp32): **ours_fp32 / peer_lean = {fmt(report.get('ours_fp32_over_peer_lean'))}**, "
+                 f"ours_fp32 / peer = {fmt(report.get('ours_fp32_over_peer'))}.")
+    return line
 
 
 def _write(report: dict, args: Args, device: str, command: str) -> None:
@@ -697,17 +816,19 @@ def _write(report: dict, args: Args, device: str, command: str) -> None:
            f"Batch {args.batch_size} x {args.window_seconds:g} s windows of {len(meta['clip_lengths_s'])} loops of "
            f"{args.loop_seconds[0]:g}-{args.loop_seconds[1]:g} s (the peer pads each batch to its longest loop); ")
         + f"reference padded to {args.reference_pad_seconds:g} s. Medians of {args.steps} steps x {args.rounds} rounds "
-        f"after {args.warmup} warm-up step(s); measured matmul peak {report['matmul_peak_tflops']:.2f} TFLOP/s "
-        f"({report['matmul_peak_dtype']}).\n\n{table(report)}\n\n"
-        f"**ours / reference = {report['ours_over_reference'] or float('nan'):.2f}x** in useful audio seconds per second"
-        + (f" ({report['ours_over_reference_by_cpu_time'] or float('nan'):.2f}x per process CPU second)" if device == "cpu" else "")
-        + f".\n\n{peer_summary(report)}\n\n"
+        f"after {args.warmup} warm-up step(s); measured matmul peak "
+        + ", ".join(f"{tflops:.2f} TFLOP/s ({name})" for name, tflops in report["matmul_peaks_tflops"].items()) + "."
+        f"\n\n{table(report)}\n\n"
+        + (f"**ours / reference = {report['ours_over_reference']:.2f}x** in useful audio seconds per second"
+           + (f" ({report['ours_over_reference_by_cpu_time']:.2f}x per process CPU second)" if device == "cpu" else "")
+           + ".\n\n" if report["ours_over_reference"] else "")
+        + f"{peer_summary(report)}\n\n"
         f"- {meta['notes']}\n- {report['flop_model']}\n"
     )
     (args.output_dir / f"{stem}.md").write_text(markdown)
     print(table(report))
     print(peer_summary(report))
-    print(f"ours / reference: {report['ours_over_reference'] or float('nan'):.2f}x; wrote {args.output_dir / stem}.json/.md")
+    print(f"wrote {args.output_dir / stem}.json/.md")
 
 
 if __name__ == "__main__":

@@ -20,15 +20,17 @@ def test_benchmark_writes_positive_measurements(repo_root, tmp_path):
     bench = load_benchmark(repo_root)
     args = bench.Args(
         arch="tiny", device="cpu", batch_size=2, window_seconds=0.5, reference_pad_seconds=1.0,
-        steps=2, warmup=1, rounds=1, arms=("reference", "ours", "grad_ckpt", "peer", "peer_lean"), isolate=False,
-        output_dir=tmp_path, model_cache=tmp_path / "models",
+        steps=2, warmup=1, rounds=1, arms=("reference", "ours_fp32", "ours", "grad_ckpt", "peer", "peer_lean"),
+        isolate=False, output_dir=tmp_path, model_cache=tmp_path / "models", cpu_bf16=True,
     )
     bench.main(args)
 
     report = json.loads((tmp_path / "train_throughput_cpu_tiny.json").read_text())
     assert "| reference |" in (tmp_path / "train_throughput_cpu_tiny.md").read_text()
-    assert [row["arm"] for row in report["rows"]] == ["reference", "ours", "grad_ckpt", "peer", "peer_lean"]
+    assert [row["arm"] for row in report["rows"]] == ["reference", "ours_fp32", "ours", "grad_ckpt", "peer", "peer_lean"]
     assert report["ours_over_peer"] > 0 and report["ours_over_peer_lean"] > 0
+    assert report["ours_fp32_over_peer"] > 0 and report["ours_fp32_over_peer_lean"] > 0
+    assert report["ours_precision"] == "bf16" and set(report["matmul_peaks_tflops"]) == {"float32", "bfloat16"}
     assert report["matmul_peak_tflops"] > 0
     assert report["ours_over_reference"] > 0 and report["ours_over_reference_by_cpu_time"] > 0
     for row in report["rows"]:
@@ -38,7 +40,7 @@ def test_benchmark_writes_positive_measurements(repo_root, tmp_path):
                     "peak_memory_gb", "model_tflops_per_step", "mfu", "speedup_vs_reference"):
             assert math.isfinite(row[key]) and row[key] > 0, (row["arm"], key, row[key])
         assert 0 <= row["data_fraction"] < 1 and 0 <= row["optimizer_fraction"] < 1
-    reference, ours = report["rows"][0], report["rows"][1]
+    reference, ours = report["rows"][0], report["rows"][2]
     # The reference trains on 1 s of padded audio per example, of which 0.5 s is real.
     assert math.isclose(reference["audio_s_per_s"], 2 * reference["useful_audio_s_per_s"], rel_tol=1e-6)
     assert math.isclose(ours["audio_s_per_s"], ours["useful_audio_s_per_s"], rel_tol=1e-6)
@@ -89,3 +91,26 @@ def test_loops_regime_pads_the_peer_and_counts_only_real_audio(repo_root, tmp_pa
     # The peer trains on padded batches but is credited only with its clips' real seconds.
     assert peer["audio_s_per_s"] > peer["useful_audio_s_per_s"] > 0
     assert report["ours_over_peer"] > 0
+
+
+def test_cpu_arms_follow_the_default_precision_and_the_peer_is_the_recipe(repo_root, tiny_model):
+    """Ours is the shipped loop in the precision `auto` picks (bf16 with an fp32 row on CPUs with
+    native bf16, fp32 with a bf16 row elsewhere); the peer stays fp32 with plain peft LoRA."""
+    import torch
+
+    from musicgen_lora.modeling.lora_dropout import FastLoraDropout
+    from musicgen_lora.training.config import LoraSettings
+
+    bench = load_benchmark(repo_root)
+    native = {arm.name: arm for arm in bench.arms("cpu", 30.0, cpu_bf16=True)}
+    assert native["ours"].precision == "bf16" and native["ours"].product
+    assert native["ours_fp32"].precision == "fp32" and native["ours_fp32"].product and "bf16_cpu" not in native
+    emulated = {arm.name: arm for arm in bench.arms("cpu", 30.0, cpu_bf16=False)}
+    assert emulated["ours"].precision == "fp32" and "ours_fp32" not in emulated
+    assert emulated["bf16_cpu"].precision == "bf16"
+    for table in (native, emulated):
+        assert table["peer"].precision == table["peer_lean"].precision == "fp32" and not table["peer"].product
+    recipe = bench.recipe_lora(LoraSettings(), tiny_model)
+    dropouts = [m for name, m in recipe.named_modules() if name.endswith("lora_dropout.default")]
+    assert dropouts and all(type(m) is torch.nn.Dropout for m in dropouts)
+    assert not any(isinstance(m, FastLoraDropout) for m in recipe.modules())

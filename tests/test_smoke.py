@@ -9,6 +9,8 @@ import sys
 
 import soundfile
 
+from musicgen_lora.training.builders import mixed_precision, precision_line
+
 
 def test_baseline_smoke_then_generate(repo_root, tmp_path):
     run_dir = tmp_path / "run"
@@ -24,6 +26,11 @@ def test_baseline_smoke_then_generate(repo_root, tmp_path):
     summary = done.stdout[done.stdout.index("done: 30 steps"):]
     assert "(base model " in summary and "generate: uv run musicgen-lora generate --adapter" in summary
     assert "offline; upload with: uv run wandb sync" in summary
+    # Issue 15: the precision `auto` picks for this machine is used and said (bf16 autocast on CPUs
+    # with native bf16, fp32 on others), with the LoRA weights in fp32 either way.
+    precision = json.loads((run_dir / "manifest.json").read_text())["precision"]
+    assert precision["mixed_precision"] == mixed_precision("auto") and precision["lora_weights"] == ["float32"]
+    assert f"  precision: {precision_line(precision)}" in summary
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # the smoke run tracks, offline
     for name in ("config.json", "metrics.jsonl", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
         assert (run_dir / name).is_file(), name

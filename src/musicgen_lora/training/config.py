@@ -73,7 +73,8 @@ class ModelConfig:
     revision: str | None = None
     """Hub revision (commit hash) to pin the weights."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Base weights' dtype. auto: bfloat16 on GPUs that support it, else float32. LoRA weights are always float32."""
+    """Base weights' dtype. auto: bfloat16 when training runs in bf16 autocast (see --train.mixed-precision),
+    else float32. LoRA weights are always float32."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel of the decoder (sdpa picks flash / memory-efficient kernels on GPU)."""
     gradient_checkpointing: bool = False
@@ -122,7 +123,8 @@ class TrainConfig:
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimizer step."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    """auto: bf16 on GPUs that support it, fp16 + grad scaler on older GPUs, none on CPU."""
+    """auto: bf16 on GPUs that support it and on CPUs with native bf16 (AMX or AVX512-BF16), fp16 + grad
+    scaler on older GPUs, none (fp32) on other CPUs. The choice is in manifest.json under `precision`."""
     eval_every: int = 200
     """Evaluate (validation loss + samples) every N steps and at the end (0: only at the end)."""
     checkpoint_every: int = 200

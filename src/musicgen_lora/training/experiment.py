@@ -98,6 +98,12 @@ def run_summary(result) -> str:
         base = f" (base model {result.base_val_loss:.4f})" if result.base_val_loss is not None else ""
         lines.append(f"  val loss: final {result.final_val_loss:.4f}, best {result.best_val_loss:.4f} at step "
                      f"{result.best_step}{base}")
+    from musicgen_lora.tracking.manifest import read_manifest
+    from musicgen_lora.training.builders import precision_line
+
+    precision = (read_manifest(run_dir) or {}).get("precision")
+    if precision:
+        lines.append(f"  precision: {precision_line(precision)}")
     lines.append(f"  adapter:  {run_dir / 'adapter'}" + (f" (best: {run_dir / 'adapter_best'})" if result.best_step else ""))
     samples = run_dir / "samples"
     if samples.is_dir():

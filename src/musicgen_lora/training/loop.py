@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
@@ -85,9 +86,13 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     # Several processes without a GPU (torchrun --nproc_per_node N): accelerate joins them over gloo
     # only when told cpu=True; otherwise every process would silently train alone.
     cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    precision = builders.mixed_precision(cfg.train.mixed_precision)
+    if AcceleratorState._shared_state.get("_mixed_precision") not in (None, precision):
+        # accelerate fixes one precision per process; a later run in it (a test, a notebook) may pick another.
+        AcceleratorState._reset_state()
     return Accelerator(
         cpu=cpu_processes,
-        mixed_precision=builders.mixed_precision(cfg.train.mixed_precision),
+        mixed_precision=precision,
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         # The loader yields global batches that accelerate splits across processes, so the data a
         # step sees is the same for 1 or N processes (same global batch, same order).
@@ -205,6 +210,10 @@ def _train_in(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, launch: L
         atomic_write_json(run_dir / "split.json", data.split)
         log.info("split by group: %(train)d train, %(val)d validation groups (split.json)", data.split["groups"])
     tracker.record({"split": {"groups": data.split["groups"], "files": data.split["files_per_side"]}})
+    precision = builders.precision_record(cfg, accelerator.unwrap_model(model), accelerator.device)
+    tracker.record({"precision": precision})
+    if main:
+        log.info("precision: %s", builders.precision_line(precision))
     try:
         result = _train_loop(cfg, accelerator, run_dir, model, tokenizer, optimizer, scheduler, data, tracker, state, step, evaluator)
     except KeyboardInterrupt:
