@@ -146,3 +146,49 @@ def test_unusable_prompts_fail_with_one_line(tmp_path, capsys, make, flags, mess
 def test_prompt_seconds_needs_continue(tmp_path, capsys):
     assert main(["--model", "tiny", "--prompt", "x", "--prompt-seconds", "1", "--out", str(tmp_path / "o.wav")]) == 2
     assert "--prompt-seconds needs --continue" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-stereo"])
+def test_prompt_codes_made_here_equal_transformers_own(tmp_path, name):
+    """MusicGen-Melody's generate() takes no audio, so its prompt codes are made here: the same codes
+    transformers' MusicGen generate() makes from input_values (stereo: L/R interleaved)."""
+    from musicgen_lora.modeling.generate import audio_prompt_codes, audio_prompt_inputs
+    from musicgen_lora.tools.audio_prompt import prompt_audio, read_source
+
+    model, _ = load_musicgen(name)
+    fmt = audio_format(model)
+    audio = prompt_audio(read_source(write_prompt(tmp_path / "p.wav", "noise")), 0.3, fmt.sample_rate, fmt.channels,
+                         fmt.hop_length)
+    inputs = audio_prompt_inputs(model, audio, 2, torch.device("cpu"))
+    with torch.no_grad():
+        reference = model._prepare_audio_encoder_kwargs_for_generation(
+            inputs["input_values"], {"padding_mask": inputs["padding_mask"]})["decoder_input_ids"]
+    ours = audio_prompt_codes(model, inputs["input_values"], inputs["padding_mask"])
+    assert reference.shape == (2 * fmt.num_codebooks, 15) and torch.equal(ours, reference)
+
+
+@pytest.mark.parametrize("name", ["tiny-melody", "tiny-stereo-melody"])
+def test_melody_models_continue_too(tmp_path, name):
+    from musicgen_lora.modeling.generate import audio_prompt_codes, audio_prompt_inputs
+    from musicgen_lora.tools.audio_prompt import prompt_audio, read_source
+
+    model, tokenizer = load_musicgen(name)
+    fmt = audio_format(model)
+    audio = prompt_audio(read_source(write_prompt(tmp_path / "p.wav", "tone")), 0.4, fmt.sample_rate, fmt.channels,
+                         fmt.hop_length)
+    assert "decoder_input_ids" in audio_prompt_inputs(model, audio, 1, torch.device("cpu"))  # no input_values here
+    calls = recording_codes(model)
+    try:
+        out = generate_audio(model, tokenizer, ["techno", "house"], seconds=0.2, seed=1, audio_prompt=audio)
+    finally:
+        del model.audio_encoder.decode
+    assert out.shape == (2, fmt.channels, round(0.6 * RATE))
+    values = torch.from_numpy(audio)[None].expand(2, -1, -1)
+    own = audio_prompt_codes(model, values, torch.ones(2, audio.shape[-1], dtype=torch.long)).reshape(2, -1, 20)
+    # transformers decodes a stereo model's left and right codebooks in two calls
+    for channel, codes in enumerate(calls):
+        assert torch.equal(codes[0, :, :, :20], own[:, channel :: fmt.channels])
+    path = tmp_path / "out.wav"
+    assert main(["--model", name, "--prompt", "x", "--continue", str(tmp_path / "p.wav"), "--prompt-seconds", "0.4",
+                 "--seconds", "0.2", "--out", str(path)]) == 0
+    assert soundfile.info(path).frames == round(0.6 * RATE) and soundfile.info(path).channels == fmt.channels

@@ -66,7 +66,7 @@ def generate_audio(
     prompt_samples = 0
     if audio_prompt is not None:
         prompt_samples = audio_prompt.shape[-1]
-        inputs.update(audio_prompt_inputs(audio_prompt, fmt.sample_rate, len(prompts), device))
+        inputs.update(audio_prompt_inputs(base, audio_prompt, len(prompts), device))
     was_training = model.training
     model.eval()
     devices = [device] if device.type == "cuda" else []
@@ -97,18 +97,35 @@ def melody_features(model, melody, count: int) -> torch.Tensor:
     return features
 
 
-def audio_prompt_inputs(audio: np.ndarray, sample_rate: int, batch: int, device: torch.device) -> dict:
-    """`input_values` (batch, channels, samples) and `padding_mask` for generate(), made by the
-    processor's feature extractor as MusicgenProcessor(audio=...) does, one copy per text prompt.
-    Each copy has the same length, so the mask holds no padding and the codes are the prompt's own."""
+def audio_prompt_inputs(base, audio: np.ndarray, batch: int, device: torch.device) -> dict:
+    """generate() inputs that start every one of `batch` rows with `audio` ((channels, samples) at
+    the model's sample rate). The processor's feature extractor makes `input_values` and
+    `padding_mask`, as MusicgenProcessor(audio=...) does; each copy has the same length, so the mask
+    holds no padding. MusicGen's generate() encodes them itself; MusicGen-Melody's takes no audio,
+    so for it the same codes are made here (`audio_prompt_codes`) and passed as decoder_input_ids."""
     from transformers import EncodecFeatureExtractor
 
     channels, samples = audio.shape
-    extractor = EncodecFeatureExtractor(feature_size=channels, sampling_rate=sample_rate)
+    extractor = EncodecFeatureExtractor(feature_size=channels, sampling_rate=audio_format(base).sample_rate)
     clip = np.asarray(audio[0] if channels == 1 else audio, dtype=np.float32)
-    features = extractor([clip] * batch, sampling_rate=sample_rate, return_tensors="pt")
+    features = extractor([clip] * batch, sampling_rate=extractor.sampling_rate, return_tensors="pt")
     assert features["input_values"].shape == (batch, channels, samples), features["input_values"].shape
-    return {"input_values": features["input_values"].to(device), "padding_mask": features["padding_mask"].to(device)}
+    values, mask = features["input_values"].to(device), features["padding_mask"].to(device)
+    if hasattr(base, "_prepare_audio_encoder_kwargs_for_generation"):
+        return {"input_values": values, "padding_mask": mask}
+    return {"decoder_input_ids": audio_prompt_codes(base, values, mask)}
+
+
+@torch.no_grad()
+def audio_prompt_codes(base, input_values: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    """(batch * num_codebooks, frames) decoder_input_ids for an audio prompt, made as transformers'
+    MusicGen generate() makes them from input_values: EnCodec codes at the codec's bandwidth, a
+    stereo model's left and right codes interleaved (L0 R0 L1 R1 ...)."""
+    codec, channels = base.audio_encoder, base.config.decoder.audio_channels
+    halves = [input_values] if channels == 1 else [input_values[:, :1], input_values[:, 1:]]
+    codes = [codec.encode(half, padding_mask).audio_codes[0] for half in halves]  # (batch, K, frames) each
+    codes = torch.stack(codes, dim=2).flatten(1, 2)  # (batch, K * channels, frames), channels interleaved
+    return codes.reshape(-1, codes.shape[-1])
 
 
 def inference_dtype(device: torch.device | str, dtype: str = "auto") -> torch.dtype:
