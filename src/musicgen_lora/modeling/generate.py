@@ -62,7 +62,9 @@ def generate_audio(
     device = next(model.parameters()).device
     inputs = tokenizer(prompts, padding=True, return_tensors="pt").to(device)
     if melody is not None:
-        inputs["input_features"] = melody_features(base, melody, len(prompts)).to(device)
+        # in the projection's dtype: a bf16 model (GPU, or CPU with native bf16) samples outside autocast
+        dtype = base.audio_enc_to_dec_proj.weight.dtype
+        inputs["input_features"] = melody_features(base, melody, len(prompts)).to(device=device, dtype=dtype)
     prompt_samples = 0
     if audio_prompt is not None:
         prompt_samples = audio_prompt.shape[-1]
