@@ -103,3 +103,26 @@ def test_lora_targets_resolve_for_the_melody_decoder():
 
     with pytest.raises(LoraTargetError, match=r"'encoder_attn' matches no module.*Choose from:.*q_proj"):
         find_lora_targets(model, ("encoder_attn",))
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-melody"])
+def test_a_bf16_load_keeps_the_codec_exact_and_its_cache_id(tmp_path, name):
+    """Rounding the codec to bf16 and casting it back is not the codec: a bf16 run (the default on
+    GPUs and on CPUs with native bf16) changed most of a token cache's codes, and a saved
+    checkpoint's cache id changed with the run's dtype. The codec loads in fp32 whatever the dtype."""
+    from musicgen_lora.modeling.model import codec_identity
+
+    saved = save_tiny(tmp_path, name)
+    for source in (name, str(tmp_path)):
+        full, _ = load_musicgen(source, dtype=torch.float32)
+        half, _ = load_musicgen(source, dtype=torch.bfloat16)
+        codec = dict(half.audio_encoder.state_dict())
+        assert all(tensor.dtype == torch.float32 for tensor in codec.values() if tensor.is_floating_point())
+        assert all(torch.equal(codec[key], value) for key, value in full.audio_encoder.state_dict().items())
+        assert {p.dtype for p in half.decoder.parameters()} == {torch.bfloat16}
+        assert {p.dtype for p in half.text_encoder.parameters()} == {torch.bfloat16}
+        assert codec_identity(half, source) == codec_identity(full, source)
+    # the load is exact against the saved weights, not only self-consistent
+    assert all(torch.equal(a, b) for a, b in zip(saved.audio_encoder.state_dict().values(), codec.values(), strict=True))
+    # nothing leaks into the class for the next load
+    assert "_keep_in_fp32_modules_strict" not in type(half).__dict__

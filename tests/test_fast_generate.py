@@ -97,7 +97,11 @@ def test_inference_dtype_by_device(monkeypatch):
 
 
 def test_bf16_generation_keeps_the_codec_in_fp32():
-    model = prepare_for_inference(random_lora(), merge=True, dtype=torch.bfloat16)
+    lora = random_lora()
+    codec = copy.deepcopy(lora.get_base_model().audio_encoder.state_dict())
+    model = prepare_for_inference(lora, merge=True, dtype=torch.bfloat16)
+    # exact, not rounded to bf16 and cast back: it decodes the audio
+    assert all(torch.equal(codec[key], value) for key, value in model.audio_encoder.state_dict().items())
     assert model.decoder.model.decoder.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
     assert model.text_encoder.shared.weight.dtype == torch.bfloat16
     assert {p.dtype for p in model.audio_encoder.parameters()} == {torch.float32}

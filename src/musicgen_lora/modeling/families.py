@@ -12,6 +12,7 @@ any weight missing or unused is refused (`load_checked`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 
@@ -89,10 +90,32 @@ def read_family(name: str, revision: str | None = None, local_files_only: bool =
     return family_of_config(config, repr(name))
 
 
+CODEC = "audio_encoder"
+
+
+@contextlib.contextmanager
+def codec_kept_fp32(model_class):
+    """Load the codec's weights in fp32 whatever `dtype` the rest loads in. Rounding them to bf16 and
+    casting back later cannot restore them, and the codes of a token cache would then depend on the
+    precision of the run that encoded it (95.7% of a random tiny codec's codes changed). transformers'
+    strict fp32 list does this at load time, without a transient fp32 copy of the whole model."""
+    saved = model_class.__dict__.get("_keep_in_fp32_modules_strict")
+    model_class._keep_in_fp32_modules_strict = sorted({*(saved or ()), CODEC})
+    try:
+        yield
+    finally:
+        if saved is None:
+            del model_class._keep_in_fp32_modules_strict
+        else:
+            model_class._keep_in_fp32_modules_strict = saved
+
+
 def load_checked(family: Family, name: str, **kwargs):
     """`family`'s class from `name`, refusing a load that leaves weights missing (randomly
     initialised), unused, or of another shape: such a model would train on garbage."""
-    model, info = family.model_class().from_pretrained(name, output_loading_info=True, **kwargs)
+    model_class = family.model_class()
+    with codec_kept_fp32(model_class):
+        model, info = model_class.from_pretrained(name, output_loading_info=True, **kwargs)
     problems = {
         "missing (would be randomly initialised)": sorted(info.get("missing_keys") or []),
         "unexpected (in the checkpoint, unused by the class)": sorted(info.get("unexpected_keys") or []),

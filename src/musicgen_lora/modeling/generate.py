@@ -14,7 +14,7 @@ import soundfile
 import torch
 
 from musicgen_lora.modeling.collate import codebook_delays
-from musicgen_lora.modeling.families import family_of, is_melody
+from musicgen_lora.modeling.families import CODEC, family_of, is_melody
 from musicgen_lora.modeling.hub import resolve_adapter
 from musicgen_lora.modeling.known_warnings import musicgen_warnings_silenced
 from musicgen_lora.modeling.melody import prefix_positions
@@ -147,9 +147,10 @@ def prepare_for_inference(model, *, merge: bool = True, device: torch.device | s
     if merge and hasattr(model, "merge_and_unload"):
         with musicgen_warnings_silenced():
             model = model.merge_and_unload()
-    model = model.to(device=device, dtype=dtype)
+    model = model.to(device=device)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.audio_encoder.float()
+    for part, module in base.named_children():  # a codec cast to bf16 and back would not be the codec
+        module.to(dtype=torch.float32 if part == CODEC else dtype)
     return model.eval()
 
 

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from musicgen_lora.modeling.families import CODEC, family_of, load_checked, read_family
 from musicgen_lora.modeling.families import ModelLoadError as ModelLoadError
 from musicgen_lora.modeling.families import configure_special_tokens as configure_special_tokens
-from musicgen_lora.modeling.families import family_of, load_checked, read_family
 from musicgen_lora.modeling.known_warnings import musicgen_warnings_silenced
 from musicgen_lora.modeling.tiny import RANDOM_ARCHITECTURES as RANDOM_ARCHITECTURES
 from musicgen_lora.modeling.tiny import TINY_MODEL as TINY_MODEL
@@ -70,9 +70,11 @@ def load_musicgen(
     the weights cannot be reached.
     """
     if is_tiny(name):
-        model = build_tiny_musicgen(name=name).to(dtype)
+        model = build_tiny_musicgen(name=name)
+        for part, module in model.named_children():  # the codec stays fp32, as for checkpoints (codec_kept_fp32)
+            if part != CODEC:
+                module.to(dtype)
         model.set_attn_implementation(_decoder_attention(attn_implementation))
-        model.audio_encoder.float()  # as for real checkpoints below: the codec's codes never depend on dtype
         return model, tiny_tokenizer()
     local = Path(name).expanduser()
     # Without a network, from_pretrained retries for most of a minute before failing: decide once,
@@ -99,7 +101,7 @@ def load_musicgen(
             "  - with weights on disk, pass --model.name /local/path/to/musicgen-small;\n"
             f"  - cause: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         ) from error
-    # The codec must stay in fp32 even when the decoder runs in bf16: it only encodes/decodes.
+    # The codec stays fp32 even when the decoder runs in bf16 (loaded so: families.codec_kept_fp32).
     model.audio_encoder.float()
     configure_special_tokens(model)
     return model.eval(), tokenizer
@@ -154,6 +156,10 @@ def codec_identity(model: torch.nn.Module, name: str) -> str:
     """A stable id of the codec: cached codes are only valid for the codec that made them."""
     codec_config = model.config.audio_encoder.to_dict()
     codec_config.pop("transformers_version", None)
+    # The codec always runs in fp32 (codec_kept_fp32), whatever dtype the run loads the rest in;
+    # older caches recorded float32 here, so they keep their id.
+    if "dtype" in codec_config:
+        codec_config["dtype"] = "float32"
     blob = json.dumps({"model": name, "codec": codec_config}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
