@@ -185,6 +185,9 @@ class Setup:
     silence_codes: np.ndarray
     threads: int | None = None
     regime: str = "fixed"
+    reset_peak: bool = True
+    """Reset the peak-memory counter before the timed steps; off: the whole process's peak
+    (benchmarks/memory_estimate.py, which compares it with the estimate)."""
 
 
 @dataclass(frozen=True)
