@@ -39,8 +39,10 @@ def autograd_saved_bytes(loss: torch.Tensor, model: torch.nn.Module, loss_mask: 
         if node is None or node in seen:
             continue
         seen.add(node)
+        # Built-in ops expose what they save as _saved_*; custom autograd Functions (our LoRA
+        # dropout, modeling.lora_dropout) as saved_tensors.
         for name in dir(node):
-            if not name.startswith("_saved_"):
+            if not (name.startswith("_saved_") or name == "saved_tensors"):
                 continue
             try:
                 value = getattr(node, name)

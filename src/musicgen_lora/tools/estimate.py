@@ -49,7 +49,8 @@ class EstimateArgs:
     lora_dropout: float = 0.05
     """Dropout on the LoRA input (--lora.dropout); it saves a mask and a dropped copy per module."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    """As --train.mixed-precision. auto: none on CPU; bf16 on CUDA (fp16 on a GPU here without bf16)."""
+    """As --train.mixed-precision. auto: as training picks it: bf16 on CUDA (fp16 on a GPU here without
+    bf16); on CPU bf16 where this CPU has native bf16, else none."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Frozen weights, as --model.dtype. auto: bfloat16 under bf16 autocast, else float32."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -70,11 +71,15 @@ def resolve(args: EstimateArgs) -> tuple[str, str, str]:
     """(device, precision, base dtype) as training would choose them."""
     import torch
 
+    from musicgen_lora.training.builders import cpu_bf16_native
+
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.mixed_precision
-    if precision == "auto":
-        bf16 = not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
-        precision = "no" if device == "cpu" else ("bf16" if bf16 else "fp16")
+    if precision == "auto":  # training's rule (builders.mixed_precision) for the device named
+        if device == "cpu":
+            precision = "bf16" if cpu_bf16_native() else "no"
+        else:
+            precision = "bf16" if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else "fp16"
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if precision == "bf16" else "float32")
     return device, precision, dtype
 

@@ -21,12 +21,14 @@ from pathlib import Path
 import torch
 
 from musicgen_lora.data.windows import window_capacity
+from musicgen_lora.helpers import atomic_write_json
 from musicgen_lora.modeling.forward import forward_loss
+from musicgen_lora.tracking.redact import redact
 from musicgen_lora.training import builders
 from musicgen_lora.training import memory_estimate as me
 from musicgen_lora.training.architecture import architecture_of, lora_modules
-from musicgen_lora.training.config import RunConfig, apply_overrides
-from musicgen_lora.training.host_memory import mem_available_bytes
+from musicgen_lora.training.config import RunConfig, apply_overrides, to_dict
+from musicgen_lora.training.host_memory import mem_available_bytes, release_freed_activations
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,15 @@ then checks the choice for real."""
 
 class AutoBatchError(RuntimeError):
     """Not even a batch of one fits; the message says what to change."""
+
+
+def memory_setup(cfg: RunConfig, run_dir: Path, resuming: bool, device: torch.device) -> RunConfig:
+    """Before a run: on CPU, freed activations go back to the system at once
+    (host_memory.release_freed_activations); a resumed run with --train.batch-size auto takes the
+    number its run directory recorded (`recorded_batch_size`)."""
+    if device.type == "cpu":
+        release_freed_activations()
+    return recorded_batch_size(cfg, run_dir) if resuming else cfg
 
 
 def recorded_batch_size(cfg: RunConfig, run_dir: Path) -> RunConfig:
@@ -85,9 +96,10 @@ def estimate_settings(cfg: RunConfig, data, device: torch.device) -> me.Settings
     )
 
 
-def resolve_batch_size(cfg: RunConfig, model, data, accelerator) -> tuple[RunConfig, dict | None]:
+def resolve_batch_size(cfg: RunConfig, model, data, accelerator, run_dir: Path | None = None) -> tuple[RunConfig, dict | None]:
     """`cfg` with --train.batch-size auto replaced by a number, and the record of how it was chosen
-    (None when the batch size was a number already). `model` is the LoRA model, not yet prepared."""
+    (None when the batch size was a number already). `model` is the LoRA model, not yet prepared.
+    With `run_dir`, the main process rewrites its config.json with the number (for resume and reports)."""
     if cfg.train.batch_size != "auto":
         return cfg, None
     device, world = accelerator.device, accelerator.num_processes
@@ -145,7 +157,10 @@ def resolve_batch_size(cfg: RunConfig, model, data, accelerator) -> tuple[RunCon
             _gib(peak(chosen + 1)), chosen + 1, _gib(usable), 100 * (1 - margin), source, capacity, limited_by,
             "".join(f"; trial at {t['batch']}: {t['outcome']}" for t in trials),
         )
-    return apply_overrides(cfg, {"train.batch_size": batch}), record
+    cfg = apply_overrides(cfg, {"train.batch_size": batch})
+    if run_dir is not None and accelerator.is_main_process:
+        atomic_write_json(Path(run_dir) / "config.json", redact(to_dict(cfg)))
+    return cfg, record
 
 
 def _trial(model, data, batch: int, accelerator, trials: list[dict]) -> int:

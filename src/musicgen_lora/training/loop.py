@@ -44,7 +44,6 @@ from musicgen_lora.training.checkpoint import (
     set_rng_state,
 )
 from musicgen_lora.training.config import RunConfig, to_dict
-from musicgen_lora.training.host_memory import release_freed_activations
 from musicgen_lora.training.resume import ResumeConfigError, change_record, check_resume_config
 
 log = logging.getLogger(__name__)
@@ -157,10 +156,7 @@ def _train_in(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, launch: L
     main = accelerator.is_main_process
     checkpoint_dir = run_dir / "checkpoints"
     resuming = cfg.train.resume and bool(list_checkpoints(checkpoint_dir))
-    if resuming:  # --train.batch-size auto goes on with the number the run recorded
-        cfg = auto_batch.recorded_batch_size(cfg, run_dir)
-    if accelerator.device.type == "cpu":  # freed activations go back to the system (see host_memory)
-        release_freed_activations()
+    cfg = auto_batch.memory_setup(cfg, run_dir, resuming, accelerator.device)  # CPU allocator; resumed auto batch
     config = redact(to_dict(cfg))  # no secret passed as a flag
     changes = check_resume_config(run_dir, config) if resuming else {}
     finished = _finished_at(run_dir) if resuming else None
@@ -182,9 +178,7 @@ def _train_in(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, launch: L
                                     chroma=chroma_settings(model))
     evaluator = builders.generation_evaluator(cfg, model, cache_dir, data.sample_prompts, accelerator.device) if main else None
     model = builders.lora_model(cfg, model)
-    cfg, batch_record = auto_batch.resolve_batch_size(cfg, model, data, accelerator)
-    if batch_record and main:  # config.json holds the number, for resume and reports
-        atomic_write_json(run_dir / "config.json", redact(to_dict(cfg)))
+    cfg, batch_record = auto_batch.resolve_batch_size(cfg, model, data, accelerator, run_dir)
     optimizer, scheduler = builders.optimizer_and_schedule(cfg.optim, cfg.train.max_steps, model, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
     scaler = accelerator.scaler

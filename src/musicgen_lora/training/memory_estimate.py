@@ -117,11 +117,11 @@ def _sizes(s: Settings) -> dict[str, float]:
         "residual": base,  # the residual stream between blocks (the embeddings' dtype)
         # LayerNorm saves its input; CUDA autocast runs it in fp32 (an fp32 copy), CPU autocast does not.
         "ln": 4 if (cuda and autocast) else base,
-        # The input lora_A saves: autocast casts it to the autocast dtype, else peft's fp32 copy.
+        "ln_out": 4 if (cuda and autocast) else base,
+        "text": act,  # the projected text states the cross-attention reads
+        # lora_B's input (lora_A's output): the autocast dtype, else the adapter's fp32.
         "lora_in": act if autocast else 4,
-        # Dropout's saved mask: CUDA keeps a bool mask, CPU a multiplier tensor of the input's dtype;
-        # peft casts LoRA inputs to fp32 (the adapter's dtype) before its dropout.
-        "lora_mask": 1 if cuda else 4,
+        # The decoder's dropout keeps a bool mask on CUDA, a multiplier of its input's dtype on CPU.
         "hidden_mask": 1 if cuda else act,
         "fp32": 4,
     }
@@ -145,12 +145,13 @@ def _lora_by_place(arch: Architecture, modules: Iterable[AdaptableModule]) -> tu
 
 
 def _layer_saved(
-    arch: Architecture, s: Settings, adapted: set[str], stream_grad: bool, tag: str
+    arch: Architecture, s: Settings, adapted: set[str], stream_grad: bool, tag: str, lm_heads: int = 0
 ) -> tuple[list[_Saved], bool]:
     """Tensors one decoder layer saves for backward, and whether its output requires grad.
 
     `stream_grad`: whether the layer's input requires grad (false in the first layer unless the
-    embeddings are adapted: then autograd records nothing until the first LoRA)."""
+    embeddings are adapted: then autograd records nothing until the first LoRA). `lm_heads`: instead,
+    what that many adapted LM heads save on the final LayerNorm's output."""
     z = _sizes(s)
     n = s.batch_size * (arch.prefix(s.text_tokens) + arch.positions(s.window_seconds))  # decoder positions
     m = s.batch_size * s.text_tokens  # text positions
@@ -158,30 +159,42 @@ def _layer_saved(
     dropout = s.lora_dropout > 0
     saved: list[_Saved] = []
 
-    def lora(name: str, tokens: float, width: int, x_key: str, x_grad: bool) -> None:
+    def lora(name: str, tokens: float, width: int, x_key: str, x_grad: bool, x_bytes: float) -> None:
+        """What an adapted module saves, for an input `x` of `x_bytes` per element. Its dropout
+        (modeling.lora_dropout) casts x to fp32 first on CUDA or without autocast; on CUDA it saves
+        a bool mask, on CPU a mask of x's dtype. lora_A saves its input: the dropped-out x, autocast's
+        cast of it, or (no dropout, no cast) x itself, shared by every module reading x."""
         if name not in adapted:
             return
-        # lora_A saves its input: a dropped-out copy, a cast copy, or (fp32, no dropout) x itself.
-        if dropout or s.precision != "no" or s.base_dtype != "float32":
-            saved.append(_Saved(f"{tag}{name}.lora_in", tokens * width, z["lora_in"]))
+        autocast = s.precision != "no"
+        x_in = 4 if (s.device == "cuda" or not autocast) else x_bytes
+        saved_bytes = z["act"] if autocast else x_in
+        if dropout or x_in != x_bytes or saved_bytes != x_in:
+            saved.append(_Saved(f"{tag}{name}.lora_in", tokens * width, saved_bytes))
         else:
-            saved.append(_Saved(x_key, tokens * width, 4))
+            saved.append(_Saved(x_key, tokens * width, x_bytes))
         if dropout and x_grad:  # the mask exists only where autograd records the dropout
-            saved.append(_Saved(f"{tag}{name}.mask", tokens * width, z["lora_mask"]))
+            saved.append(_Saved(f"{tag}{name}.mask", tokens * width, 1 if s.device == "cuda" else x_in))
         saved.append(_Saved(f"{tag}{name}.lora_mid", tokens * r, z["lora_in"]))  # lora_B's input
+
+    if lm_heads:
+        for k in range(lm_heads):
+            lora(f"lm_heads.{k}", n, d, "final_ln.ln_out", stream_grad, z["ln_out"])
+        return saved, stream_grad
 
     def layer_norm(key: str) -> None:  # its input, and its mean and 1/std per position (fp32)
         saved.extend([_Saved(f"{key}.ln_in", n * d, z["ln"]), _Saved(f"{key}.ln_stats", 2 * n, z["fp32"])])
 
-    def attention(prefix: str, x_grad: bool, kv_tokens: float, kv_key: str, kv_grad: bool) -> bool:
+    def attention(prefix: str, x_grad: bool, kv_tokens: float, kv_key: str, kv_grad: bool, kv_bytes: float) -> bool:
         q_grad = x_grad or f"{prefix}.q_proj" in adapted
         k_grad = kv_grad or f"{prefix}.k_proj" in adapted
         v_grad = kv_grad or f"{prefix}.v_proj" in adapted
         if x_grad:
             layer_norm(f"{tag}{prefix}")
-        for proj, tokens, key, grad in (("q_proj", n, f"{tag}{prefix}.ln_out", x_grad),
-                                        ("k_proj", kv_tokens, kv_key, kv_grad), ("v_proj", kv_tokens, kv_key, kv_grad)):
-            lora(f"{prefix}.{proj}", tokens, d, key, grad)
+        for proj, tokens, key, grad, x_bytes in (("q_proj", n, f"{tag}{prefix}.ln_out", x_grad, z["ln_out"]),
+                                                 ("k_proj", kv_tokens, kv_key, kv_grad, kv_bytes),
+                                                 ("v_proj", kv_tokens, kv_key, kv_grad, kv_bytes)):
+            lora(f"{prefix}.{proj}", tokens, d, key, grad, x_bytes)
         scores_grad = q_grad or k_grad or v_grad
         if scores_grad:
             saved.extend([_Saved(f"{tag}{prefix}.q", n * d, z["act"]), _Saved(f"{tag}{prefix}.k", kv_tokens * d, z["act"]),
@@ -190,25 +203,25 @@ def _layer_saved(
                 saved.append(_Saved(f"{tag}{prefix}.probs", n * heads * kv_tokens / s.batch_size, z["act"]))
             else:  # SDPA keeps its output and the fp32 logsumexp
                 saved.extend([_Saved(f"{tag}{prefix}.out", n * d, z["act"]), _Saved(f"{tag}{prefix}.lse", n * heads, z["fp32"])])
-        lora(f"{prefix}.out_proj", n, d, f"{tag}{prefix}.out", scores_grad)
+        lora(f"{prefix}.out_proj", n, d, f"{tag}{prefix}.out", scores_grad, z["act"])
         out_grad = scores_grad or f"{prefix}.out_proj" in adapted
         if out_grad and arch.hidden_dropout > 0:
             saved.append(_Saved(f"{tag}{prefix}.dropout_mask", n * d, z["hidden_mask"]))
         return x_grad or out_grad
 
-    stream = attention("self_attn", stream_grad, n, f"{tag}self_attn.ln_out", stream_grad)
+    stream = attention("self_attn", stream_grad, n, f"{tag}self_attn.ln_out", stream_grad, z["ln_out"])
     if arch.cross_attention:  # MusicGen-Melody has no cross-attention: its text is in the prefix
-        stream = attention("encoder_attn", stream, m, "text_states", False)
+        stream = attention("encoder_attn", stream, m, "text_states", False, z["text"])
     # Feed-forward: LayerNorm, fc1, GELU, fc2 (frozen matmuls save nothing; GELU saves its input).
     if stream:
         layer_norm(f"{tag}ffn")
-    lora("fc1", n, d, f"{tag}ffn.ln_out", stream)
+    lora("fc1", n, d, f"{tag}ffn.ln_out", stream, z["ln_out"])
     hidden_grad = stream or "fc1" in adapted
     if hidden_grad:
         saved.append(_Saved(f"{tag}ffn.gelu_in", n * f, z["act"]))
         if arch.activation_dropout > 0:
             saved.append(_Saved(f"{tag}ffn.act_mask", n * f, z["hidden_mask"]))
-    lora("fc2", n, f, f"{tag}ffn.gelu_out", hidden_grad)
+    lora("fc2", n, f, f"{tag}ffn.gelu_out", hidden_grad, z["act"])
     out = hidden_grad or "fc2" in adapted
     if out and arch.hidden_dropout > 0:
         saved.append(_Saved(f"{tag}ffn.dropout_mask", n * d, z["hidden_mask"]))
@@ -263,10 +276,10 @@ def estimate(arch: Architecture, s: Settings, modules: list[AdaptableModule] | N
     head: list[_Saved] = []
     if stream:
         head += [_Saved("final_ln.ln_in", n * d, z["ln"]), _Saved("final_ln.ln_stats", 2 * n, z["fp32"])]
-    for k in range(outside["lm_heads"]):
-        head += [_Saved(f"lm_head{k}.lora_in", n * d, z["lora_in"]), _Saved(f"lm_head{k}.lora_mid", n * s.lora_r, z["lora_in"])]
-        if s.lora_dropout > 0:
-            head.append(_Saved(f"lm_head{k}.mask", n * d, z["lora_mask"]))
+    if outside["lm_heads"]:  # adapted heads read the final LayerNorm's output, as attention reads its own
+        heads_saved, _ = _layer_saved(arch, s, {f"lm_heads.{k}" for k in range(outside["lm_heads"])}, stream, "",
+                                      lm_heads=outside["lm_heads"])
+        head += heads_saved
     # Our loss: fp32 log-softmax output (saved) + its gradient + the gradient of its input, 12 B/logit.
     logits = s.batch_size * arch.positions(s.window_seconds) * arch.codebooks * arch.vocab
     loss_peak = logits * 12
