@@ -60,6 +60,9 @@ class Args:
     """Training steps per point."""
     threads: int = 2
     """CPU threads of each measurement."""
+    cpu_precision: Literal["auto", "fp32"] = "auto"
+    """On CPU: auto measures the training default (bf16 where the CPU has native bf16), fp32 forces
+    --train.mixed-precision no."""
     tolerance: float = 0.15
     """The bar the small model's points are held to (|estimate - measured| / measured)."""
     model_cache: Path = REPO / ".cache" / "musicgen-lora" / "benchmark"
@@ -147,7 +150,8 @@ def run(args: Args) -> dict:
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     bench = load_throughput_benchmark()
-    by_name = {arm.name: arm for arm in bench.arms(device, 30.0)}
+    cpu_bf16 = False if (device == "cpu" and args.cpu_precision == "fp32") else None
+    by_name = {arm.name: arm for arm in bench.arms(device, 30.0, cpu_bf16)}
     ours = by_name["ours"]
     precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[ours.precision]
     baseline = measure_process_baseline() if device == "cpu" else 0
@@ -175,6 +179,7 @@ def run(args: Args) -> dict:
             base_dtype="bfloat16" if ours.precision == "bf16" else "float32", gradient_checkpointing=ckpt,
             attention=ours.attention, lora_r=lora.r, lora_dropout=lora.dropout, lora_targets=lora.targets,
             text_tokens=text_tokens(setup), cached_captions=len(setup.clips), process_baseline_bytes=baseline or 0,
+            count_loading=True,
         )
         predicted = me.estimate(arch, settings)
         print(f"{arch_name} {point} checkpointing={ckpt} heap={heap}: predicted {predicted.total / GIB:.2f} GiB ...", flush=True)
@@ -188,7 +193,7 @@ def run(args: Args) -> dict:
         rows.append(row)
     return {
         "device": device, "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "threads": args.threads, "steps": args.steps, "tolerance": args.tolerance,
+        "torch": torch.__version__, "precision": ours.precision, "threads": args.threads, "steps": args.steps, "tolerance": args.tolerance,
         "baseline_rss_bytes": baseline, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "args": json.loads(json.dumps(asdict(args), default=str)),
         "rows": rows,
     }
@@ -214,7 +219,8 @@ def write(report: dict, out: Path, command: str) -> None:
     worst = max((abs(r["error"]) for r in held), default=float("nan"))
     cpu = report["device"] == "cpu"
     notes = [
-        f"`{command}`, {report['date']}, {report['device_name']}, torch {report['torch']}, {report['threads']} threads, "
+        f"`{command}`, {report['date']}, {report['device_name']}, torch {report['torch']}, training precision "
+        f"{report.get('precision', '?')} (the `ours` arm: the training defaults), {report['threads']} threads, "
         f"{report['steps']} training steps per point, each point a fresh process.",
         "",
         table(report),
@@ -246,7 +252,8 @@ def write(report: dict, out: Path, command: str) -> None:
 
 def main(args: Args, command: str) -> None:
     report = run(args)
-    out = args.out or REPO / "reports" / "benchmarks" / f"memory_estimate_{report['device']}"
+    suffix = f"_{report['precision']}" if report["device"] == "cpu" else ""
+    out = args.out or REPO / "reports" / "benchmarks" / f"memory_estimate_{report['device']}{suffix}"
     write(report, out, command)
 
 

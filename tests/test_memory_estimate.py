@@ -191,6 +191,29 @@ def test_checkpointing_and_bf16_lower_the_activations(small_arch):
     assert "process baseline" not in {row.label.split(" (")[0] for row in me.estimate(small_arch, cuda).rows}
 
 
+def test_loading_a_fp32_checkpoint_in_bf16_can_be_the_cpu_peak(small_arch):
+    """Measured: a bf16 run of the fp32 musicgen-small files peaks at 3.99 GiB while loading (files
+    mapped + bf16 copies) at batches whose step needs far less; an fp32 run reads the files in place."""
+    assert small_arch.stored_itemsize == 4  # published checkpoints (and the built-in ones) are fp32
+    params = sum(small_arch.parameters.values())
+    baseline = 700 * 2**20
+    bf16 = me.Settings(batch_size=1, window_seconds=10.0, precision="bf16", base_dtype="bfloat16",
+                       process_baseline_bytes=baseline, count_loading=True)
+    loading = me.estimate(small_arch, bf16)
+    assert loading.peak_moment == "loading the checkpoint"
+    converted = (params - small_arch.parameters["audio_encoder"]) * 2 + 2 * (
+        small_arch.float_buffers.get("decoder", 0) + small_arch.float_buffers.get("text_encoder", 0))
+    assert loading.total == pytest.approx(baseline + 4 * params + converted)
+    # what --train.batch-size auto sizes (the model is loaded by then): the step alone
+    step = me.estimate(small_arch, me.with_settings(bf16, count_loading=False))
+    assert step.peak_moment == "the loss's backward" and step.total < loading.total
+    # a big enough batch outgrows the load; fp32 never converts, so the step is always the peak
+    assert me.estimate(small_arch, me.with_settings(bf16, batch_size=8)).peak_moment == "the loss's backward"
+    fp32 = me.with_settings(bf16, precision="no", base_dtype="float32")
+    assert me.estimate(small_arch, fp32).peak_moment == "the loss's backward"
+    assert me.estimate(small_arch, me.with_settings(bf16, device="cuda")).peak_moment == "the loss's backward"
+
+
 def load_benchmark(repo_root):
     spec = importlib.util.spec_from_file_location("memory_estimate_benchmark", repo_root / "benchmarks" / "memory_estimate.py")
     module = importlib.util.module_from_spec(spec)

@@ -158,7 +158,7 @@ def main(argv: list[str]) -> int:
         batch_size=args.batch_size, window_seconds=args.window_seconds, device=device, precision=precision,
         base_dtype=dtype, attention=args.attn_implementation, lora_r=args.lora_r, lora_dropout=args.lora_dropout,
         lora_targets=args.lora_targets, text_tokens=args.text_tokens, cached_captions=args.captions,
-        process_baseline_bytes=baseline,
+        process_baseline_bytes=baseline, count_loading=True,
     )
     results = estimates(arch, settings)
     if args.json:

@@ -67,6 +67,9 @@ class Architecture:
     """MusicGen attends to the text states; MusicGen-Melody prepends them (and the chroma) instead."""
     prefix_frames: int = 0
     """MusicGen-Melody: chroma frames prepended to the decoder input (its chroma_length)."""
+    stored_itemsize: int = 4
+    """Bytes per weight in the checkpoint's files (its config's dtype; published MusicGen
+    checkpoints are fp32)."""
 
     @property
     def max_delay(self) -> int:
@@ -209,6 +212,12 @@ def architecture_of(model, name: str = "") -> Architecture:
         hidden_dropout=float(decoder.dropout), activation_dropout=float(decoder.activation_dropout),
         parameters=parameters, float_buffers=float_buffers, other_buffer_bytes=other_buffers, adaptable=tuple(adaptable),
         cross_attention=not melody, prefix_frames=int(config.chroma_length) if melody else 0,
+        stored_itemsize=_itemsize(getattr(config, "dtype", None)),
     )
+
+
+def _itemsize(dtype) -> int:
+    """2 for a config saying bfloat16 / float16, else 4 (float32, or no dtype recorded)."""
+    return 2 if str(dtype).removeprefix("torch.") in ("bfloat16", "float16") else 4
 
 

@@ -18,7 +18,10 @@ The estimate counts what a step of `train` holds at its peak, tensor by tensor:
 - the transient gradients of one layer's backward.
 
 The peak is the larger of two moments: the loss's backward (every saved activation still alive) and
-one layer's backward (with checkpointing: that layer recomputed). `tests/test_memory_estimate.py`
+one layer's backward (with checkpointing: that layer recomputed). On CPU the estimate of a run before
+it starts also counts a third, loading the checkpoint (`Settings.count_loading`): the memory-mapped
+files and, for a bf16 run of fp32 files, the converted copies; that is the process's peak for
+musicgen-small in bf16 at small batches. `tests/test_memory_estimate.py`
 checks the saved-activation count against autograd's own saved tensors, and
 `benchmarks/memory_estimate.py` the totals against measured peak RSS / max_memory_allocated.
 
@@ -67,6 +70,10 @@ class Settings:
     """Distinct captions whose T5 states the text-state cache holds."""
     process_baseline_bytes: int = 0
     """Resident set of the process before the model (CPU; see host_memory.baseline_rss_bytes)."""
+    count_loading: bool = False
+    """CPU: also count the moment the checkpoint loads, which can be the process's peak (a bf16 run
+    of an fp32 checkpoint holds the mapped files and the converted copies at once). Off where the
+    model is loaded already (--train.batch-size auto)."""
 
 
 @dataclass(frozen=True)
@@ -308,7 +315,23 @@ def estimate(arch: Architecture, s: Settings, modules: list[AdaptableModule] | N
         rows.append(Row("logits + loss (fp32; in its backward)", loss_peak, "peak"))
     else:
         rows.append(Row("one layer's backward" + (" (recomputed)" if s.gradient_checkpointing else ""), at_layer, "peak"))
+    loading = _loading(arch, s, rows) if s.count_loading and s.device == "cpu" else None
+    if loading is not None and sum(row.bytes for row in loading) > sum(row.bytes for row in rows):
+        return MemoryEstimate(loading, "loading the checkpoint", saved_total)
     return MemoryEstimate(tuple(rows), moment, saved_total)
+
+
+def _loading(arch: Architecture, s: Settings, rows: list[Row]) -> tuple[Row, ...]:
+    """The resident set while the checkpoint loads: its files are memory-mapped (every page read
+    stays resident until the load ends) and, when the run's dtype differs from the files', the
+    converted copies of T5 and the decoder exist beside them (EnCodec stays fp32, read in place)."""
+    files = sum(arch.parameters.values()) * arch.stored_itemsize
+    base_itemsize = 2 if s.base_dtype == "bfloat16" else 4
+    converted = sum(row.bytes for row in rows if row.label.startswith("frozen weights") and "codec" not in row.label)
+    loading = [rows[0], Row(f"loading: checkpoint files mapped ({arch.stored_itemsize} B per weight)", files, "static")]
+    if base_itemsize != arch.stored_itemsize:
+        loading.append(Row(f"loading: T5 and decoder converted to {s.base_dtype}", converted, "static"))
+    return tuple(loading)
 
 
 def with_settings(s: Settings, **changes) -> Settings:
