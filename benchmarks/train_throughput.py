@@ -185,6 +185,9 @@ class Setup:
     silence_codes: np.ndarray
     threads: int | None = None
     regime: str = "fixed"
+    reset_peak: bool = True
+    """Reset the peak-memory counter before the timed steps; off: the whole process's peak
+    (benchmarks/memory_estimate.py, which compares it with the estimate)."""
 
 
 @dataclass(frozen=True)
@@ -273,7 +276,7 @@ def measure_arm(arm: Arm, setup: Setup) -> dict:
     batches = iter(loader)
     for index in range(total):
         timed = index >= total - setup.steps
-        if index == total - setup.steps:
+        if index == total - setup.steps and setup.reset_peak:
             _reset_peak_memory(device)
         start, cpu_start = time.perf_counter(), time.process_time()
         batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}

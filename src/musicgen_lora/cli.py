@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "loops": ("musicgen_lora.tools.loops", "cut beat-aligned loops out of longer audio"),
     "caption": ("musicgen_lora.tools.caption", "caption an audio folder: tempo, key, CLAP tags -> metadata.jsonl"),
     "export": ("musicgen_lora.tools.export", "export an adapter, alone or merged into the base model"),
+    "estimate": ("musicgen_lora.tools.estimate", "predict peak training memory from the architecture (no weights)"),
 }
 
 

@@ -187,10 +187,15 @@ def check_windows(clips: list[Clip], frames: int, pad_mode: PadMode, frame_rate:
         )
 
 
+def window_capacity(clips: list[Clip], frames: int) -> int:
+    """Distinct windows of `frames` the clips hold (a clip shorter than a window counts once)."""
+    return sum(max(1, clip.codes.shape[-1] // frames) for clip in clips)
+
+
 def check_batch(clips: list[Clip], frames: int, batch_size: int) -> None:
     """Reject a batch larger than the number of distinct windows the data holds (every batch
     would repeat examples)."""
-    capacity = sum(max(1, clip.codes.shape[-1] // frames) for clip in clips)
+    capacity = window_capacity(clips, frames)
     if batch_size > capacity:
         raise DataConfigError(
             f"batch of {batch_size} windows, but the training data holds only {capacity} distinct windows "

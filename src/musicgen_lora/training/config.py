@@ -118,8 +118,11 @@ class OptimConfig:
 class TrainConfig:
     max_steps: int = 2000
     """Optimizer steps to train."""
-    batch_size: int = 8
-    """Global batch: windows per optimizer micro-step over all processes."""
+    batch_size: int | Literal["auto"] = 8
+    """Global batch: windows per optimizer micro-step over all processes. auto: the largest batch
+    that fits this device's memory (the memory estimate against free GPU memory, then one trial
+    step, halved on out-of-memory; on CPU against MemAvailable), at most the data's distinct
+    windows; the number chosen is logged and written to config.json and manifest.json."""
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimizer step."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

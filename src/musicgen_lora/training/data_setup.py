@@ -190,9 +190,10 @@ def training_data(cfg: RunConfig, cache_dir: Path, fmt: AudioFormat, world_size:
                     len(clips), cfg.data.group_by)
     frames = max(1, round(cfg.data.window_seconds * fmt.frame_rate))
     check_windows(train_clips, frames, cfg.data.pad_mode, fmt.frame_rate)
-    check_batch(train_clips, frames, cfg.train.batch_size)
-    if cfg.train.batch_size % world_size:
-        raise DataConfigError(f"--train.batch-size {cfg.train.batch_size} must be divisible by the {world_size} processes")
+    if cfg.train.batch_size != "auto":  # auto is resolved later, within these limits (auto_batch)
+        check_batch(train_clips, frames, cfg.train.batch_size)
+        if cfg.train.batch_size % world_size:
+            raise DataConfigError(f"--train.batch-size {cfg.train.batch_size} must be divisible by the {world_size} processes")
     common = {
         "frames": frames,
         "pad_mode": cfg.data.pad_mode,

@@ -34,7 +34,7 @@ from musicgen_lora.tracking.manifest import Launch, read_manifest
 from musicgen_lora.tracking.redact import redact
 from musicgen_lora.tracking.run_lock import RunDirLock, RunDirLockedError
 from musicgen_lora.tracking.trackers import run_name, truncate_metrics
-from musicgen_lora.training import builders, data_setup, evaluate, step_metrics
+from musicgen_lora.training import auto_batch, builders, data_setup, evaluate, step_metrics
 from musicgen_lora.training.checkpoint import (
     apply_checkpoint,
     list_checkpoints,
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_ERRORS = (
     ModelLoadError, LoraTargetError, CacheMismatchError, NoUsableAudioError, DataConfigError, ResumeConfigError,
-    RunDirLockedError, DatasetSourceError,
+    RunDirLockedError, DatasetSourceError, auto_batch.AutoBatchError,
 )
 """Errors raised before training starts whose message says which setting to change."""
 
@@ -154,9 +154,10 @@ def _claim_run_dir(run_dir: Path) -> RunDirLock:
 
 def _train_in(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, launch: Launch | None) -> TrainResult:
     main = accelerator.is_main_process
-    config = redact(to_dict(cfg))  # no secret passed as a flag
     checkpoint_dir = run_dir / "checkpoints"
     resuming = cfg.train.resume and bool(list_checkpoints(checkpoint_dir))
+    cfg = auto_batch.memory_setup(cfg, run_dir, resuming, accelerator.device)  # CPU allocator; resumed auto batch
+    config = redact(to_dict(cfg))  # no secret passed as a flag
     changes = check_resume_config(run_dir, config) if resuming else {}
     finished = _finished_at(run_dir) if resuming else None
     if finished is not None and finished >= cfg.train.max_steps:
@@ -177,6 +178,7 @@ def _train_in(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, launch: L
                                     chroma=chroma_settings(model))
     evaluator = builders.generation_evaluator(cfg, model, cache_dir, data.sample_prompts, accelerator.device) if main else None
     model = builders.lora_model(cfg, model)
+    cfg, batch_record = auto_batch.resolve_batch_size(cfg, model, data, accelerator, run_dir)
     optimizer, scheduler = builders.optimizer_and_schedule(cfg.optim, cfg.train.max_steps, model, accelerator.device)
     model, optimizer = accelerator.prepare(model, optimizer)
     scaler = accelerator.scaler
@@ -206,6 +208,8 @@ def _train_in(cfg: RunConfig, accelerator: Accelerator, run_dir: Path, launch: L
     )
     if changes:
         tracker.record({"resume_changes": change_record(changes)})
+    if batch_record:
+        tracker.record({"batch_size": batch_record})
     if main:  # which files were held out, by group: a leak between the sides is visible here
         atomic_write_json(run_dir / "split.json", data.split)
         log.info("split by group: %(train)d train, %(val)d validation groups (split.json)", data.split["groups"])

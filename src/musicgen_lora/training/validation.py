@@ -90,9 +90,10 @@ def validate_run_config(cfg: RunConfig) -> None:
     within("optim.min_lr_ratio", o.min_lr_ratio, 0, 1)
     at_least("optim.max_grad_norm", o.max_grad_norm, 0)
 
-    for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "keep_checkpoints",
-                 "max_bad_steps", "eval_max_windows"):
+    for name in ("max_steps", "grad_accum_steps", "log_every", "keep_checkpoints", "max_bad_steps", "eval_max_windows"):
         at_least(f"train.{name}", getattr(t, name), 1)
+    if t.batch_size != "auto":
+        at_least("train.batch_size", t.batch_size, 1)
     at_least("train.eval_every", t.eval_every, 0)  # 0: only at the end
     at_least("train.checkpoint_every", t.checkpoint_every, 0)  # 0: never
 
