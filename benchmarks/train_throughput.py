@@ -560,11 +560,7 @@ def _peak_memory_gb(device: torch.device) -> float:
 def prepare(args: Args, device: str) -> Setup:
     """Build the random model once (saved like a checkpoint folder, loaded by every arm through the
     real loading path), make the clips, and encode them once: the token cache's one-off work."""
-    folder = args.model_cache / f"musicgen-{args.arch}-random-seed0"
-    if not (folder / "model.safetensors").exists() and not (folder / "model.safetensors.index.json").exists():
-        model = model_lib.build_random_musicgen(args.arch)
-        model.save_pretrained(folder)
-        model_lib.tiny_tokenizer().save_pretrained(folder)
+    folder = random_model_folder(args.model_cache, args.arch)
     model, _ = model_lib.load_musicgen(str(folder))
     fmt = model_lib.audio_format(model)
     count = max(args.clips, args.batch_size)
@@ -582,6 +578,18 @@ def prepare(args: Args, device: str) -> Setup:
         args.arch, device, args.batch_size, args.window_seconds, args.steps, args.warmup, str(folder),
         list(zip(audio, [c.astype(np.int16) for c in codes], captions, strict=True)), silence, args.threads, args.regime,
     )
+
+
+def random_model_folder(model_cache: Path, arch: str) -> Path:
+    """`arch`'s architecture with random weights (seed 0), saved once under `model_cache` like a
+    checkpoint folder (weights + the offline tokenizer), so runs load it through the real loading
+    path; reused when already there (bf16_loss_curve.py trains on it too)."""
+    folder = model_cache / f"musicgen-{arch}-random-seed0"
+    if not (folder / "model.safetensors").exists() and not (folder / "model.safetensors.index.json").exists():
+        model = model_lib.build_random_musicgen(arch)
+        model.save_pretrained(folder)
+        model_lib.tiny_tokenizer().save_pretrained(folder)
+    return folder
 
 
 def clip_lengths(args: Args, count: int) -> list[float]:

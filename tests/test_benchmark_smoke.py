@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 
 
@@ -114,3 +115,71 @@ def test_cpu_arms_follow_the_default_precision_and_the_peer_is_the_recipe(repo_r
     dropouts = [m for name, m in recipe.named_modules() if name.endswith("lora_dropout.default")]
     assert dropouts and all(type(m) is torch.nn.Dropout for m in dropouts)
     assert not any(isinstance(m, FastLoraDropout) for m in recipe.modules())
+
+
+def load_loss_curve(repo_root):
+    path = repo_root / "benchmarks" / "bf16_loss_curve.py"
+    spec = importlib.util.spec_from_file_location("bf16_loss_curve", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bf16_loss_curve_compares_both_arms_step_by_step(repo_root, demo_dir, demo_cache, tmp_path):
+    """bf16_loss_curve.py trains the smoke run in fp32 and in bf16 through the experiment entry
+    point and compares the losses step by step (in-process, 2 steps of 2 x 1 s: values, not the bar)."""
+    bench = load_loss_curve(repo_root)
+    # The shared token cache, already encoded: no EnCodec in the test.
+    shutil.copytree(demo_cache, tmp_path / "runs" / "smoke" / "tokens")
+    cheap = (
+        f"--data.path {demo_dir} --data.window-seconds 1 "
+        "--train.batch-size 2 --train.checkpoint-every 0 --train.eval-max-windows 1 "
+        "--sample.no-base-model --sample.seconds 0.06 --metrics.no-enabled --tracking.wandb disabled"
+    )
+    args = bench.Args(
+        cases=("smoke",),
+        steps=2,
+        extra=cheap,
+        isolate=False,
+        runs_dir=tmp_path / "runs",
+        output_dir=tmp_path,
+    )
+    bench.main(args)
+
+    report = json.loads((tmp_path / "bf16_loss_curve_cpu_smoke.json").read_text())
+    assert "| step | fp32 loss |" in (tmp_path / "bf16_loss_curve_cpu_smoke.md").read_text()
+    assert [row["step"] for row in report["train"]] == [1, 2]
+    assert [row["step"] for row in report["val"]] == [0, 2]  # the base model's, then the final one
+    for row in report["train"] + report["val"]:
+        assert all(math.isfinite(row[key]) for key in ("fp32", "bf16", "rel_diff")), row
+    assert report["arms"]["fp32"]["precision"]["decoder_weights"] == ["float32"]
+    assert report["arms"]["bf16"]["precision"]["decoder_weights"] == ["bfloat16"]
+    checks = report["verdict"]["checks"]
+    assert set(checks) == {"same_tokens", "train_every_step", "train_final_step", "validation"}
+    assert report["tolerance"]["train_every_step"] == bench.TRAIN_STEP_TOLERANCE
+    assert report["tokens"]["identical"] and checks["same_tokens"]
+
+
+def test_bf16_loss_curve_counts_codes_that_differ(repo_root, demo_cache, tmp_path):
+    import numpy as np
+
+    from musicgen_lora.data.tokens import load_codes, load_manifest
+
+    bench = load_loss_curve(repo_root)
+    same, changed = tmp_path / "same", tmp_path / "changed"
+    shutil.copytree(demo_cache, same)
+    shutil.copytree(demo_cache, changed)
+    entry = load_manifest(changed)[0]
+    path = changed / "codes" / f"{entry.key}.npz"
+    with np.load(path) as stored:
+        fields = dict(stored)
+    fields["codes"] = fields["codes"].copy()
+    fields["codes"][0, :3] += 1  # three codes of one file
+    np.savez(path, **fields)
+    total = sum(load_codes(demo_cache, e).size for e in load_manifest(demo_cache))
+
+    assert bench.compare_tokens(demo_cache, same)["identical"]
+    result = bench.compare_tokens(demo_cache, changed)
+    assert not result["identical"]
+    assert math.isclose(result["codes_differing_fraction"], 3 / total)
