@@ -56,6 +56,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
@@ -237,8 +238,31 @@ class Args:
 # Inside one arm's process
 
 
-def measure_arm(arm: Arm, setup: Setup) -> dict:
-    """Build the arm's model and loop, run warm-up + timed steps; times, memory, shapes."""
+@dataclass
+class BuiltArm:
+    """One arm ready to train: its step (batch -> optimizer seconds) and the loader that feeds it."""
+
+    model: torch.nn.Module
+    loader: torch.utils.data.DataLoader
+    step: Callable[[dict], float]
+    fmt: model_lib.AudioFormat
+    delays: list[int]
+    total: int
+    device: torch.device
+
+
+def _no_phase(name: str) -> contextlib.AbstractContextManager:
+    return _NO_PHASE
+
+
+_NO_PHASE = contextlib.nullcontext()
+
+
+def build_arm(arm: Arm, setup: Setup, phase: Callable[[str], contextlib.AbstractContextManager] = _no_phase) -> BuiltArm:
+    """The arm's model, optimizer, loader and step, as a run of that configuration builds them.
+
+    `phase(name)` wraps each part of the step ("forward_loss", "backward", "statistics", "optimizer")
+    for a profiler (benchmarks/step_profile.py); the default does nothing."""
     if setup.threads:
         torch.set_num_threads(setup.threads)
     torch.manual_seed(0)
@@ -268,19 +292,30 @@ def measure_arm(arm: Arm, setup: Setup) -> dict:
         warm_text_cache(model, tokenizer, [caption for _, _, caption in setup.clips], text_cache, device)
     loader = _loader(arm, setup, tokenizer, fmt, delays, total, peer_labels)
     if arm.product:
-        step, loader = _product_step(cfg, model, optimizer, scheduler, loader, text_cache)
+        step, loader = _product_step(cfg, model, optimizer, scheduler, loader, text_cache, phase)
     else:
-        step = _plain_step(arm, model, optimizer, scheduler, text_cache, fmt, delays, device)
+        step = _plain_step(arm, model, optimizer, scheduler, text_cache, fmt, delays, device, phase)
+    return BuiltArm(model, loader, step, fmt, delays, total, device)
 
+
+def next_batch(batches, device: torch.device) -> tuple[dict, float]:
+    """The loader's next batch on the device, and its useful audio seconds."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+    return batch, float(batch.pop("useful_seconds").sum())
+
+
+def measure_arm(arm: Arm, setup: Setup) -> dict:
+    """Build the arm's model and loop, run warm-up + timed steps; times, memory, shapes."""
+    built = build_arm(arm, setup)
+    device, total, step, delays = built.device, built.total, built.step, built.delays
     step_s, cpu_s, data_s, optim_s, text_tokens, useful_s, positions = [], [], [], [], [], [], []
-    batches = iter(loader)
+    batches = iter(built.loader)
     for index in range(total):
         timed = index >= total - setup.steps
         if index == total - setup.steps and setup.reset_peak:
             _reset_peak_memory(device)
         start, cpu_start = time.perf_counter(), time.process_time()
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-        useful = float(batch.pop("useful_seconds").sum())
+        batch, useful = next_batch(batches, device)
         loaded = time.perf_counter()
         optim_time = step(batch)
         end = time.perf_counter()
@@ -297,7 +332,7 @@ def measure_arm(arm: Arm, setup: Setup) -> dict:
     return {
         "step_s": step_s, "cpu_s": cpu_s, "data_s": data_s, "optim_s": optim_s, "peak_memory_gb": _peak_memory_gb(device),
         "positions": positions, "text_tokens": text_tokens, "useful_s": useful_s,
-        "frames": [setup.batch_size * (p - tail) for p in positions], "frame_rate": fmt.frame_rate,
+        "frames": [setup.batch_size * (p - tail) for p in positions], "frame_rate": built.fmt.frame_rate,
     }
 
 
@@ -324,7 +359,7 @@ def recipe_lora(lora: LoraSettings, model):
     return get_peft_model(model, config)
 
 
-def _product_step(cfg: RunConfig, model, optimizer, scheduler, loader, text_cache):
+def _product_step(cfg: RunConfig, model, optimizer, scheduler, loader, text_cache, phase=_no_phase):
     """(step, loader) of the training loop as shipped (train.py's micro-step): the accelerator of the
     run's config prepares model, optimizer and loader and autocasts; per-codebook statistics, loss
     reduction and finite checks run every step, as in a real run."""
@@ -336,24 +371,28 @@ def _product_step(cfg: RunConfig, model, optimizer, scheduler, loader, text_cach
 
     def step(batch: dict) -> float:
         with accelerator.accumulate(model):
-            loss, stats = forward_loss(model, batch, text_cache)
-            accelerator.backward(loss)
-            add_stats(None, stats)
+            with phase("forward_loss"):
+                loss, stats = forward_loss(model, batch, text_cache)
+            with phase("backward"):
+                accelerator.backward(loss)
+            with phase("statistics"):
+                add_stats(None, stats)
             _sync(accelerator.device)
             tick = time.perf_counter()
-            norm = accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-            loss_sum = accelerator.reduce(loss.detach(), reduction="sum")
-            if bool(torch.isfinite(norm)) and bool(torch.isfinite(loss_sum)):
-                optimizer.step()
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            with phase("optimizer"):
+                norm = accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+                loss_sum = accelerator.reduce(loss.detach(), reduction="sum")
+                if bool(torch.isfinite(norm)) and bool(torch.isfinite(loss_sum)):
+                    optimizer.step()
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
         _sync(accelerator.device)
         return time.perf_counter() - tick
 
     return step, loader
 
 
-def _plain_step(arm: Arm, model, optimizer, scheduler, text_cache, fmt, delays, device):
+def _plain_step(arm: Arm, model, optimizer, scheduler, text_cache, fmt, delays, device, phase=_no_phase):
     """The ladder's and the peer's step: a plain loop, autocast and grad scaler by hand."""
     scaler = torch.amp.GradScaler(device.type) if arm.precision == "fp16" else None
     params = [p for p in model.parameters() if p.requires_grad]
@@ -362,33 +401,38 @@ def _plain_step(arm: Arm, model, optimizer, scheduler, text_cache, fmt, delays, 
     encode = codec_encoder(model.get_base_model().audio_encoder, fmt, device)
 
     def step(batch: dict) -> float:
+        with phase("forward_loss"):
+            loss = forward(batch)
+        with phase("backward"):
+            (scaler.scale(loss) if scaler else loss).backward()
+        _sync(device)
+        tick = time.perf_counter()
+        with phase("optimizer"):
+            if scaler:
+                scaler.unscale_(optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            elif torch.isfinite(norm):
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        return time.perf_counter() - tick
+
+    def forward(batch: dict) -> torch.Tensor:
         if arm.peer:  # the recipe: the HF forward computes T5, shifts the labels and returns the loss
             with autocast:
-                loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
-        elif arm.encode_audio:  # the original loop: tokens from raw audio, every step
+                return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        if arm.encode_audio:  # the original loop: tokens from raw audio, every step
             with autocast:
                 codes = encode(batch.pop("audio"))
             valid = torch.ones(codes.shape[0], codes.shape[-1], dtype=torch.bool)
             ids, labels = delay_pattern_labels(codes, valid, delays, fmt.pad_token_id)
             batch.update(decoder_input_ids=ids.to(device), labels=labels.to(device))
-        if not arm.peer:
-            with autocast:
-                loss, _ = forward_loss(model, batch, text_cache)
-        (scaler.scale(loss) if scaler else loss).backward()
-        _sync(device)
-        tick = time.perf_counter()
-        if scaler:
-            scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        elif torch.isfinite(norm):
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        return time.perf_counter() - tick
+        with autocast:
+            return forward_loss(model, batch, text_cache)[0]
 
     return step
 

@@ -126,6 +126,17 @@ def load_loss_curve(repo_root):
     return module
 
 
+def load_step_profile(repo_root):
+    load_benchmark(repo_root)  # the profiler imports train_throughput under that name
+    spec = importlib.util.spec_from_file_location(
+        "step_profile", repo_root / "benchmarks" / "step_profile.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_bf16_loss_curve_compares_both_arms_step_by_step(repo_root, demo_dir, demo_cache, tmp_path):
     """bf16_loss_curve.py trains the smoke run in fp32 and in bf16 through the experiment entry
     point and compares the losses step by step (in-process, 2 steps of 2 x 1 s: values, not the bar)."""
@@ -183,3 +194,57 @@ def test_bf16_loss_curve_counts_codes_that_differ(repo_root, demo_cache, tmp_pat
     result = bench.compare_tokens(demo_cache, changed)
     assert not result["identical"]
     assert math.isclose(result["codes_differing_fraction"], 3 / total)
+
+
+def test_step_profile_phases_add_up_to_the_step(repo_root, tmp_path):
+    """Each arm's phases account for its step time, every op category is present and non-negative,
+    and the module hooks found what they attribute (T5, the LoRA dropouts, the LM head)."""
+    profiler = load_step_profile(repo_root)
+    args = profiler.Args(
+        arch="tiny",
+        device="cpu",
+        batch_size=2,
+        window_seconds=0.5,
+        clips=2,
+        warmup=1,
+        steps=1,
+        isolate=False,
+        output_dir=tmp_path,
+        model_cache=tmp_path / "models",
+        cpu_bf16=True,
+    )
+    report = profiler.main(args)
+
+    assert [row["arm"] for row in report["rows"]] == ["ours_fp32", "peer_lean", "ours", "peer"]
+    markdown = (tmp_path / "step_profile_cpu_tiny.md").read_text()
+    assert "## Where ours differs from peer_lean" in markdown
+    assert (
+        json.loads((tmp_path / "step_profile_cpu_tiny.json").read_text())["rows"] == report["rows"]
+    )
+    for row in report["rows"]:
+        assert "error" not in row, row
+        arm, step = row["arm"], row["step_ms"]
+        phases, categories = row["phases_ms"], row["categories_ms"]
+        assert set(phases) == {"data", "forward", "loss", "backward", "optimizer"}
+        assert all(value > 0 for value in phases.values()), (arm, phases)
+        assert math.isclose(sum(phases.values()), step, rel_tol=0.05, abs_tol=3.0), (arm, phases)
+        assert set(categories) == set(profiler.CATEGORIES)
+        assert all(value >= 0 for value in categories.values()), (arm, categories)
+        # The events' self times cover the step: every event nests inside the step's range.
+        assert math.isclose(sum(categories.values()), step, rel_tol=0.1), (arm, categories)
+        for category in ("matmul", "lora_dropout", "optimizer", "loss"):
+            assert categories[category] > 0, (arm, category)
+        assert row["hooked"]["lm_head"] == 1 and row["hooked"]["lora_dropout"] > 0
+        assert len(row["top_ops"]) == args.top
+    ours, peer = (
+        next(r["categories_ms"] for r in report["rows"] if r["arm"] == name)
+        for name in ("ours_fp32", "peer_lean")
+    )
+    # Ours reads cached T5 states and computes accuracy statistics; the recipe runs T5 and has none.
+    assert ours["text_encoder"] == 0 and peer["text_encoder"] > 0
+    assert ours["statistics"] > 0 and peer["statistics"] == 0
+    diff = report["differences"][0]
+    assert (diff["ours"], diff["peer"]) == ("ours_fp32", "peer_lean")
+    assert math.isclose(
+        sum(diff["categories_ms"].values()), sum(ours.values()) - sum(peer.values()), abs_tol=1e-6
+    )

@@ -95,3 +95,55 @@ def test_cached_text_states_do_not_depend_on_the_batch(tiny_model, tokenizer):
             cache.encode(tiny_model.text_encoder, text["input_ids"], text["attention_mask"])
     assert alone._states.keys() == together._states.keys()
     assert all(torch.equal(alone._states[key], together._states[key]) for key in alone._states)
+
+
+def _sliced_cross_entropy(logits, labels):
+    """codebook_cross_entropy as it was before it skipped the no-op slice (the reference)."""
+    batch, length, num_codebooks = labels.shape
+    logits = logits.reshape(batch, num_codebooks, -1, logits.shape[-1])[:, :, -length:]
+    targets = labels.transpose(1, 2)
+    token_ce = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).reshape(batch, num_codebooks, -1)
+    mask = targets != IGNORE_INDEX
+    counts = mask.sum(dim=(0, 2))
+    ce_sums = (token_ce * mask).sum(dim=(0, 2))
+    correct = ((logits.argmax(-1) == targets) & mask).sum(dim=(0, 2))
+    stats = {"ce_sum": ce_sums, "correct": correct, "count": counts}
+    return (ce_sums / counts.clamp(min=1)).mean(), stats
+
+
+def _graph_nodes(tensor) -> set[str]:
+    seen, stack, names = set(), [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_loss_without_the_no_op_slice_keeps_values_and_gradients():
+    """Logits as long as the labels are not sliced (no zero-filled gradient copy in backward); loss,
+    statistics and gradients equal the sliced formulation bit for bit, with and without a prefix."""
+    torch.manual_seed(0)
+    labels = torch.randint(0, 32, (2, 7, 4))
+    labels[0, :3, 1] = IGNORE_INDEX
+    for prefix in (0, 3):  # 3: a melody model's condition prefix, which is sliced off
+        base = torch.randn(2 * 4, 7 + prefix, 32)
+        results = []
+        for loss_fn in (codebook_cross_entropy, _sliced_cross_entropy):
+            logits = base.clone().requires_grad_()
+            loss, stats = loss_fn(logits, labels)
+            loss.backward()
+            results.append((loss.detach(), stats, logits.grad))
+            if loss_fn is codebook_cross_entropy:
+                assert ("SliceBackward0" in _graph_nodes(loss)) == bool(prefix)
+        (loss, stats, grad), (ref_loss, ref_stats, ref_grad) = results
+        assert torch.equal(loss, ref_loss) and torch.equal(grad, ref_grad)
+        assert all(torch.equal(stats[key], ref_stats[key]) for key in ref_stats)

@@ -23,7 +23,11 @@ def codebook_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[
     so metrics can be summed across batches and processes before dividing.
     """
     batch, length, num_codebooks = labels.shape
-    logits = logits.reshape(batch, num_codebooks, -1, logits.shape[-1])[:, :, -length:]
+    logits = logits.reshape(batch, num_codebooks, -1, logits.shape[-1])
+    if logits.shape[2] != length:
+        # Only a melody model's logits carry prefix positions. A no-op slice would still cost its
+        # backward a zero-filled logits-sized gradient and a copy into it.
+        logits = logits[:, :, -length:]
     targets = labels.transpose(1, 2)  # (B, K, L)
     token_ce = F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]),
