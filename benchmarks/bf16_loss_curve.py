@@ -26,11 +26,12 @@ Cases (--cases):
          dropout) on fixed windows whose condition dropout comes from the dataset's own seeded RNG.
 
 Tokens (--tokens). Both arms get `--data.cache-dir`: by default one cache, encoded by the fp32 arm
-and read by the bf16 arm, so both train on the same codes. Loading a model in bf16 rounds the codec's
-weights too (it is cast back to fp32, but the rounding stays), and a checkpoint folder loaded in bf16
-gets another codec id: the bf16 arm then refuses the shared cache. `--tokens own` lets each arm
-encode its own, as a first run in that precision would, and reports how many codes differ; any
-difference fails the comparison, since the curves would then differ in data as well as precision.
+and read by the bf16 arm, so both train on the same codes. `--tokens own` lets each arm encode its
+own, as a first run in that precision would, and reports how many codes differ; any difference fails
+the comparison (the curves would then differ in data as well as precision). That check found a bug:
+a bf16 load rounded the codec's weights (cast back to fp32 later, the rounding stayed), 96% of the
+tiny codec's codes changed and a checkpoint folder got another codec id; the codec now loads in fp32
+whatever the run's dtype (modeling/families.codec_kept_fp32), and `--tokens own` shows the codes equal.
 
 Tolerance, fixed before any run (TRAIN_STEP_TOLERANCE, FINAL_TOLERANCE). bf16 keeps 8 significant
 bits, so one rounding is off by at most u = 2^-8 = 0.39% of the value. Under autocast every matmul
@@ -53,7 +54,7 @@ Time per step of each arm is kept as a side note (it is not a speed benchmark: s
 
 Run:
     uv run benchmarks/bf16_loss_curve.py --cases smoke                 # about 3.5 minutes on 2 cores
-    uv run benchmarks/bf16_loss_curve.py --cases small --tokens own    # about 10 minutes on 2 cores
+    uv run benchmarks/bf16_loss_curve.py --cases small                 # about 10 minutes on 2 cores
 Each case writes reports/benchmarks/bf16_loss_curve_cpu_<case>.{md,json}.
 """
 

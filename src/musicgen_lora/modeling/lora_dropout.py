@@ -1,21 +1,27 @@
-"""LoRA dropout in fewer passes over memory, with the same result as peft's, bit for bit.
+"""LoRA dropout in fewer passes over memory and a quarter of the random draws, on CPU.
 
 peft computes a LoRA layer as `result + lora_B(lora_A(dropout(x))) * scaling`, where `x` is first
 cast to the adapter's dtype (fp32) and `dropout` is `nn.Dropout`. On CPU `nn.Dropout` draws a 0/1
-mask, divides it by 1 - p, and multiplies: three passes over a full (batch, time, width) tensor
-forward and one backward, for every adapted projection (144 per step for musicgen-small's attention).
-Under bf16 autocast the cast to fp32 adds two more copies, only for autocast to cast back to bf16 for
-the matmul. That was up to a fifth of a CPU training step.
+mask with `bernoulli_` (one 32-bit draw of the CPU generator per element), divides it by 1 - p, and
+multiplies: three passes over a full (batch, time, width) tensor forward and one backward, for every
+adapted projection (144 per step for musicgen-small's attention). Under bf16 autocast the cast to
+fp32 adds two more copies, only for autocast to cast back to bf16 for the matmul. The draws alone
+were 12% of an fp32 CPU step and 21% of a bf16 one (reports/benchmarks/step_profile_cpu_small.md).
 
-`FastLoraDropout` draws the same mask from the same random stream (`bernoulli_` samples do not
-depend on the tensor's dtype) and applies mask and scale in one pass (`addcmul`), saving only the
-mask for backward. `x * (1 / (1 - p))` rounded once is what `x * (mask / (1 - p))` gives where the
-mask is 1, and the scale is computed by the same fp32 division, so outputs and gradients equal
-peft's: `tests/test_lora_dropout.py` checks it in fp32 and under bf16 autocast. On other devices
-(CUDA) the module does exactly what peft does.
+`FastLoraDropout` draws its mask from 64-bit words of the same generator, four 16-bit uniforms per
+word (`keep_mask`): each element is kept independently with probability 1 - p, p rounded to a
+multiple of 1/65536 (0.05 -> 0.0500031). It applies mask and scale in one pass (`addcmul`) and keeps
+only the boolean mask for backward (1 byte per element instead of 4). Kept elements are multiplied
+by exactly the fp32 factor nn.Dropout uses, so for a given mask outputs and gradients equal peft's
+bit for bit (`tests/test_lora_dropout.py` replays our masks through peft's own layers, in fp32 and
+under bf16 autocast). The masks are not the ones `bernoulli_` would draw: runs are reproducible per
+seed, but not mask for mask comparable with a run from before this change. On other devices (CUDA)
+the module does exactly what peft does (its fused dropout is one pass already).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -25,8 +31,25 @@ def _scale(p: float) -> float:
     return torch.ones(1).div_(1 - p).item()
 
 
+WORD_BITS = 16
+"""Bits of uniform randomness per mask element: 16 keeps p exact to 1/65536."""
+
+
+def drop_threshold(p: float) -> int:
+    """An element is dropped where its int16 uniform is below this (probability round(p * 2^16) / 2^16)."""
+    return -(2 ** (WORD_BITS - 1)) + round(p * 2**WORD_BITS)
+
+
+def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Boolean mask of `shape`, each element True with probability 1 - p (p in 1/65536 steps)."""
+    numel = math.prod(shape)
+    # Full-range int64 draws (random64 of the generator), each read as four independent int16s.
+    words = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64, device=device)
+    return (words.view(torch.int16)[:numel] >= drop_threshold(p)).view(shape)
+
+
 class _MaskScale(torch.autograd.Function):
-    """x * keep * scale, forward and backward in one pass each; keeps only the mask for backward."""
+    """x * keep * scale, forward and backward in one pass each; keeps only the (bool) mask for backward."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
@@ -63,8 +86,7 @@ class FastLoraDropout(torch.nn.Module):
             return x
         if self.p == 1:
             return x * 0
-        keep = torch.empty_like(x).bernoulli_(1 - self.p)
-        return _MaskScale.apply(x, keep, self.scale)
+        return _MaskScale.apply(x, keep_mask(x.shape, self.p), self.scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

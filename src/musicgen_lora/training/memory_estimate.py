@@ -168,8 +168,8 @@ def _layer_saved(
 
     def lora(name: str, tokens: float, width: int, x_key: str, x_grad: bool, x_bytes: float) -> None:
         """What an adapted module saves, for an input `x` of `x_bytes` per element. Its dropout
-        (modeling.lora_dropout) casts x to fp32 first on CUDA or without autocast; on CUDA it saves
-        a bool mask, on CPU a mask of x's dtype. lora_A saves its input: the dropped-out x, autocast's
+        (modeling.lora_dropout) casts x to fp32 first on CUDA or without autocast, and saves a bool
+        mask (CUDA's fused dropout and our CPU one alike). lora_A saves its input: the dropped-out x, autocast's
         cast of it, or (no dropout, no cast) x itself, shared by every module reading x."""
         if name not in adapted:
             return
@@ -181,7 +181,7 @@ def _layer_saved(
         else:
             saved.append(_Saved(x_key, tokens * width, x_bytes))
         if dropout and x_grad:  # the mask exists only where autograd records the dropout
-            saved.append(_Saved(f"{tag}{name}.mask", tokens * width, 1 if s.device == "cuda" else x_in))
+            saved.append(_Saved(f"{tag}{name}.mask", tokens * width, 1))  # bool, on CUDA and CPU alike
         saved.append(_Saved(f"{tag}{name}.lora_mid", tokens * r, z["lora_in"]))  # lora_B's input
 
     if lm_heads:
