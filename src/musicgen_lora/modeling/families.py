@@ -116,6 +116,9 @@ def load_checked(family: Family, name: str, **kwargs):
     model_class = family.model_class()
     with codec_kept_fp32(model_class):
         model, info = model_class.from_pretrained(name, output_loading_info=True, **kwargs)
+    # Codec tensors read as stored (fp32 files) are views into the memory-mapped checkpoint: after a
+    # bf16 load they alone kept the whole mapping resident (+1.8 GiB for musicgen-small). Own copies.
+    model.audio_encoder._apply(lambda tensor: tensor.clone())
     problems = {
         "missing (would be randomly initialised)": sorted(info.get("missing_keys") or []),
         "unexpected (in the checkpoint, unused by the class)": sorted(info.get("unexpected_keys") or []),
