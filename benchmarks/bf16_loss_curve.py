@@ -60,11 +60,9 @@ Each case writes reports/benchmarks/bf16_loss_curve_cpu_<case>.{md,json}.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -80,7 +78,7 @@ import tyro
 
 from musicgen_lora.data.tokens import load_codes, load_manifest
 from musicgen_lora.helpers import load_experiment
-from musicgen_lora.tracking.manifest import read_manifest
+from musicgen_lora.tracking.manifest import cpu_name, read_manifest
 from musicgen_lora.training import builders
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -373,7 +371,7 @@ def meta(args: Args) -> dict:
     native = builders.cpu_bf16_native()
     return {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_bf16_native": native,
@@ -385,13 +383,6 @@ def meta(args: Args) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _pct(value: float | None) -> str:

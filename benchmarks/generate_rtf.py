@@ -20,11 +20,9 @@ every prompt of the batch. `--out X.json` also writes X.md (the table, the comma
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -36,6 +34,7 @@ import torch
 
 from musicgen_lora.modeling import model as model_lib
 from musicgen_lora.modeling.generate import generate_audio, inference_dtype, prepare_for_inference
+from musicgen_lora.tracking.manifest import cpu_name
 
 
 def lora_musicgen(arch: str):
@@ -76,13 +75,6 @@ def measure(model, tokenizer, device, batch: int, seconds: float, repeats: int) 
     return row, audio
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
 
 def run(args: argparse.Namespace, command: str) -> dict:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -117,7 +109,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
             speedups[str(batch)] = by_mode["unmerged"]["wall_s"] / by_mode["merged"]["wall_s"]
             cpu_speedups[str(batch)] = by_mode["unmerged"]["cpu_s"] / by_mode["merged"]["cpu_s"]
     return {
-        "arch": args.arch, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "arch": args.arch, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "device_type": device.type, "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "guidance": 3.0, "top_k": 250,
         "command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average_before": list(load_before),

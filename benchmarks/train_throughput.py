@@ -51,7 +51,6 @@ import contextlib
 import ctypes
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -74,6 +73,7 @@ from musicgen_lora.modeling import model as model_lib
 from musicgen_lora.modeling.collate import MusicgenCollator, codebook_delays, delay_pattern_labels
 from musicgen_lora.modeling.forward import TextStateCache, forward_loss, text_states
 from musicgen_lora.modeling.loss import add_stats
+from musicgen_lora.tracking.manifest import cpu_name
 from musicgen_lora.training import builders, data_setup
 from musicgen_lora.training.config import (
     LoraSettings,
@@ -796,18 +796,11 @@ def _merge(rounds: list[dict]) -> dict:
     return merged
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
 
 def _meta(args: Args, device: str, setup: Setup, load_before, load_after, clip_seconds: float) -> dict:
     return {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
-        "device": torch.cuda.get_device_name() if device == "cuda" else _cpu_name(),
+        "device": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
         "torch": torch.__version__, "python": sys.version.split()[0],
         "load_average_before": load_before, "load_average_after": load_after,
