@@ -50,6 +50,8 @@ import torch
 import tyro
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from musicgen_lora.tracking.manifest import cpu_name
+
 
 def _load_train_throughput():
     # benchmarks/ is not a package: load the sibling script under its own name, once (the tests do
@@ -523,7 +525,7 @@ def main(args: Args, command: str = "(called from Python)") -> dict:
         "meta": {
             "command": command,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
-            "device": torch.cuda.get_device_name() if device == "cuda" else tt._cpu_name(),
+            "device": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
             "cpu_count": os.cpu_count(),
             "torch_threads": args.threads or torch.get_num_threads(),
             "torch": torch.__version__,
