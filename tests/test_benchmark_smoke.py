@@ -172,6 +172,16 @@ def test_bf16_loss_curve_compares_both_arms_step_by_step(repo_root, demo_dir, de
     assert report["tokens"]["identical"] and checks["same_tokens"]
 
 
+def test_bf16_loss_curve_smoke_case_is_the_readme_smoke_run(repo_root, tmp_path):
+    """The committed smoke comparison runs `--smoke` with its defaults (validation, samples, metrics):
+    the cheap flags of the test above are the test's own, and only the small case turns anything off."""
+    bench = load_loss_curve(repo_root)
+    flags = bench.case_flags("smoke", bench.Args())
+    assert flags == ["--smoke", "--train.log-every", "1"]
+    small = bench.case_flags("small", bench.Args(small_arch="tiny", model_cache=tmp_path))
+    assert "--smoke" not in small and "--metrics.no-enabled" in small
+
+
 def test_bf16_loss_curve_counts_codes_that_differ(repo_root, demo_cache, tmp_path):
     import numpy as np
 

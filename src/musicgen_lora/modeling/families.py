@@ -110,6 +110,14 @@ def codec_kept_fp32(model_class):
             model_class._keep_in_fp32_modules_strict = saved
 
 
+def cast_keeping_codec_fp32(model, dtype) -> None:
+    """Every part of `model` in `dtype` but the codec, which stays fp32 (see codec_kept_fp32)."""
+    import torch
+
+    for part, module in model.named_children():
+        module.to(dtype=torch.float32 if part == CODEC else dtype)
+
+
 def load_checked(family: Family, name: str, **kwargs):
     """`family`'s class from `name`, refusing a load that leaves weights missing (randomly
     initialised), unused, or of another shape: such a model would train on garbage."""

@@ -14,7 +14,7 @@ import soundfile
 import torch
 
 from musicgen_lora.modeling.collate import codebook_delays
-from musicgen_lora.modeling.families import CODEC, family_of, is_melody
+from musicgen_lora.modeling.families import cast_keeping_codec_fp32, family_of, is_melody
 from musicgen_lora.modeling.hub import resolve_adapter
 from musicgen_lora.modeling.known_warnings import musicgen_warnings_silenced
 from musicgen_lora.modeling.melody import prefix_positions
@@ -149,8 +149,7 @@ def prepare_for_inference(model, *, merge: bool = True, device: torch.device | s
             model = model.merge_and_unload()
     model = model.to(device=device)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for part, module in base.named_children():  # a codec cast to bf16 and back would not be the codec
-        module.to(dtype=torch.float32 if part == CODEC else dtype)
+    cast_keeping_codec_fp32(base, dtype)  # a codec cast to bf16 and back would not be the codec
     return model.eval()
 
 

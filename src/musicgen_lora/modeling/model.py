@@ -18,8 +18,13 @@ from urllib.parse import urlsplit
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from musicgen_lora.modeling.families import CODEC, family_of, load_checked, read_family
 from musicgen_lora.modeling.families import ModelLoadError as ModelLoadError
+from musicgen_lora.modeling.families import (
+    cast_keeping_codec_fp32,
+    family_of,
+    load_checked,
+    read_family,
+)
 from musicgen_lora.modeling.families import configure_special_tokens as configure_special_tokens
 from musicgen_lora.modeling.known_warnings import musicgen_warnings_silenced
 from musicgen_lora.modeling.tiny import RANDOM_ARCHITECTURES as RANDOM_ARCHITECTURES
@@ -71,9 +76,7 @@ def load_musicgen(
     """
     if is_tiny(name):
         model = build_tiny_musicgen(name=name)
-        for part, module in model.named_children():  # the codec stays fp32, as for checkpoints (codec_kept_fp32)
-            if part != CODEC:
-                module.to(dtype)
+        cast_keeping_codec_fp32(model, dtype)  # as checkpoints load (codec_kept_fp32)
         model.set_attn_implementation(_decoder_attention(attn_implementation))
         return model, tiny_tokenizer()
     local = Path(name).expanduser()
